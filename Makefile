@@ -1,0 +1,65 @@
+# The README's commands. Each does its own set-up: a virtual environment at .venv/ with the
+# tested versions (constraints.txt), then what the command needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Django 6 needs Python 3.12 or newer.
+PYTHON ?= $(shell scripts/find-python)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+WORKERS ?= 2
+
+# Test services on localhost (make test): PostgreSQL and Redis.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/saas_platform
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: help run serve test lint format migrate services
+help:
+	@echo "make run    - set up, migrate, seed a demo tenant and key, serve on $(HOST):$(PORT)"
+	@echo "make serve  - serve only (no seeding); honours every setting in README.md"
+	@echo "make test   - the whole suite against PostgreSQL and Redis on localhost"
+	@echo "make lint   - ruff check and format check"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -n "$(PYTHON)" || exit 1
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+var:
+	@mkdir -p var
+
+# The embedded default needs a secret key but no set-up: make one once, keep it out of git.
+var/secret_key: | var
+	@$(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))' > $@
+	@chmod 600 $@
+
+run: $(STAMP) var/secret_key
+	@export SECRET_KEY="$${SECRET_KEY:-$$(cat var/secret_key)}"; \
+	$(BIN)/python manage.py migrate --no-input -v 0 && \
+	$(BIN)/python manage.py demo_seed --base-url http://$(HOST):$(PORT) && \
+	HOST=$(HOST) PORT=$(PORT) $(MAKE) --no-print-directory serve
+
+serve: $(STAMP)
+	$(BIN)/uvicorn saas_platform.asgi:application --host "$(HOST)" --port "$(PORT)" \
+		--workers "$(WORKERS)" --no-access-log --lifespan off
+
+services:
+	@scripts/ensure-services
+
+test: $(STAMP) services
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	SECRET_KEY=test-only-secret-key-not-for-production \
+		$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .

@@ -1,0 +1,51 @@
+"""Management commands that scripts can rely on: bad input is one line on stderr and a non-zero
+exit, never a usage dump or a traceback."""
+
+import sys
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from tenants.quotas import validation_message
+
+
+class OneLineErrorParser(CommandParser):
+    def error(self, message):
+        if self.called_from_command_line:
+            sys.stderr.write(f"{self.prog}: error: {message}\n")
+            sys.exit(2)
+        raise CommandError(f"Error: {message}")
+
+
+class ScriptableCommand(BaseCommand):
+    """A command with subcommands (`tenant create ...`) that reports bad input on one line."""
+
+    def create_parser(self, prog_name, subcommand, **kwargs):
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        parser.__class__ = OneLineErrorParser
+        return parser
+
+    @staticmethod
+    def add_actions(parser):
+        """The subcommands (`create`, `list`, ...), each reporting bad input on one line too."""
+        return parser.add_subparsers(
+            dest="action", required=True, metavar="ACTION", parser_class=OneLineErrorParser
+        )
+
+    def handle(self, *args, action, **options):
+        return getattr(self, f"handle_{action}")(options)
+
+    def execute(self, *args, **options):
+        try:
+            return super().execute(*args, **options)
+        except ValidationError as error:
+            raise CommandError(validation_message(error)) from None
+
+
+def format_table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Left-aligned columns, for listings that people read and scripts split on whitespace."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]

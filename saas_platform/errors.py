@@ -1,0 +1,67 @@
+"""The one base exception for errors a client may see, and its OpenAI-shaped rendering.
+
+Every app raises subclasses with a stable `code`; the API turns any of them into
+`{"error": {"message", "type", "code", "param"}}` with the right HTTP status.
+"""
+
+from django.http import JsonResponse
+
+
+class PlatformError(Exception):
+    status = 400
+    code = "invalid_request_error"
+    error_type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def as_dict(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "code": self.code,
+                "param": self.param,
+            }
+        }
+
+
+class AuthenticationFailed(PlatformError):
+    status = 401
+    code = "invalid_api_key"
+    error_type = "authentication_error"
+
+
+class PermissionDenied(PlatformError):
+    status = 403
+    code = "permission_denied"
+    error_type = "permission_error"
+
+
+class RateLimited(PlatformError):
+    """429 with Retry-After, as Zulip's RateLimitedError."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+    error_type = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after = max(1, int(retry_after))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+def error_response(error: PlatformError) -> JsonResponse:
+    response = JsonResponse(error.as_dict(), status=error.status)
+    for name, value in error.headers().items():
+        response[name] = value
+    return response

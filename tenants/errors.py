@@ -1,0 +1,38 @@
+"""Why a presented key is refused. Each is its own class so callers and tests can tell them apart;
+none of the messages ever contains the key itself."""
+
+from saas_platform.errors import AuthenticationFailed, PermissionDenied
+
+
+class MissingApiKey(AuthenticationFailed):
+    def __init__(self):
+        super().__init__(
+            "No API key provided. Send it as 'Authorization: Bearer sk-...'.",
+        )
+
+
+class MalformedApiKey(AuthenticationFailed):
+    def __init__(self):
+        super().__init__("Incorrect API key provided: it is not a valid key of this platform.")
+
+
+class UnknownApiKey(AuthenticationFailed):
+    def __init__(self):
+        super().__init__("Incorrect API key provided: no such key.")
+
+
+class RevokedApiKey(AuthenticationFailed):
+    def __init__(self, display_prefix: str):
+        super().__init__(f"API key {display_prefix}… has been revoked.")
+
+
+class ExpiredApiKey(AuthenticationFailed):
+    def __init__(self, display_prefix: str):
+        super().__init__(f"API key {display_prefix}… has expired.")
+
+
+class TenantSuspended(PermissionDenied):
+    code = "tenant_suspended"
+
+    def __init__(self, slug: str):
+        super().__init__(f"Tenant {slug!r} is suspended. Contact the operator.")

@@ -1,0 +1,163 @@
+from datetime import datetime
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from tenants.apikeys import KEY_PREFIX, PREFIX_LENGTH
+from tenants.quotas import (
+    BUDGET_DECIMAL_PLACES,
+    BUDGET_MAX_DIGITS,
+    DEFAULT_MAX_CONCURRENT_REQUESTS,
+    DEFAULT_MAX_TOKENS_PER_MINUTE,
+    TenantConfig,
+    validate_tenant_config,
+)
+
+
+class Tenant(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUSPENDED = "suspended", "Suspended"
+
+    slug = models.SlugField(max_length=63, unique=True)
+    name = models.CharField("display name", max_length=200, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    max_concurrent_requests = models.PositiveIntegerField(default=DEFAULT_MAX_CONCURRENT_REQUESTS)
+    max_tokens_per_minute = models.PositiveBigIntegerField(default=DEFAULT_MAX_TOKENS_PER_MINUTE)
+    max_requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty: no limit on requests per minute."
+    )
+    model_allow_list = models.JSONField(
+        default=list, blank=True, help_text="Model ids this tenant may use; empty allows all."
+    )
+    monthly_budget = models.DecimalField(
+        max_digits=BUDGET_MAX_DIGITS,
+        decimal_places=BUDGET_DECIMAL_PLACES,
+        null=True,
+        blank=True,
+        help_text="In the operator's currency; empty: no budget.",
+    )
+
+    class Meta:
+        ordering = ["slug"]
+        constraints = [
+            # Backstops for validate_tenant_config, so no write path can store a broken limit.
+            models.CheckConstraint(
+                condition=Q(max_concurrent_requests__gte=1), name="tenant_concurrency_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_tokens_per_minute__gte=1), name="tenant_tpm_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_requests_per_minute__isnull=True)
+                | Q(max_requests_per_minute__gte=1),
+                name="tenant_rpm_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(monthly_budget__isnull=True) | Q(monthly_budget__gte=0),
+                name="tenant_budget_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == self.Status.ACTIVE
+
+    @property
+    def config(self) -> TenantConfig:
+        return TenantConfig(
+            max_concurrent_requests=self.max_concurrent_requests,
+            max_tokens_per_minute=self.max_tokens_per_minute,
+            max_requests_per_minute=self.max_requests_per_minute,
+            model_allow_list=list(self.model_allow_list or []),
+            monthly_budget=self.monthly_budget,
+        )
+
+    def clean(self) -> None:
+        validate_tenant_config(self.config)
+
+
+class Membership(models.Model):
+    class Role(models.TextChoices):
+        OWNER = "owner", "Owner"
+        MEMBER = "member", "Member"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "user"], name="membership_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.tenant} ({self.role})"
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def for_digest(self, digest: str) -> "ApiKey | None":
+        return self.select_related("tenant").filter(digest=digest).first()
+
+    def for_prefix(self, prefix: str) -> "ApiKey | None":
+        return self.select_related("tenant").filter(prefix=prefix).first()
+
+
+class ApiKey(models.Model):
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        EXPIRED = "expired", "Expired"
+        REVOKED = "revoked", "Revoked"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=PREFIX_LENGTH, unique=True, editable=False)
+    # SHA-256 of the whole key; the key itself is never stored.
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    replaced_by = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        editable=False,
+        related_name="replaces",
+        help_text="The key issued when this one was rotated.",
+    )
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return self.display_prefix
+
+    @property
+    def display_prefix(self) -> str:
+        return KEY_PREFIX + self.prefix
+
+    def state_at(self, moment: datetime) -> str:
+        if self.revoked_at is not None:
+            return self.State.REVOKED
+        if self.expires_at is not None and self.expires_at <= moment:
+            return self.State.EXPIRED
+        return self.State.ACTIVE
+
+    @property
+    def state(self) -> str:
+        return self.state_at(timezone.now())

@@ -1,0 +1,109 @@
+"""A tenant's quota configuration and its one validation (the seed's TenantConfig.Validate).
+
+The model, the admin, the API and the CLI all validate through `validate_tenant_config`, so a
+limit is refused with the same message wherever it is set.
+"""
+
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+
+from django.core.exceptions import ValidationError
+
+MODEL_ID_MAX_LENGTH = 200
+# The minor unit of the operator's currency: budgets are whole cents.
+BUDGET_DECIMAL_PLACES = 2
+BUDGET_MAX_DIGITS = 14
+
+DEFAULT_MAX_CONCURRENT_REQUESTS = 8
+DEFAULT_MAX_TOKENS_PER_MINUTE = 100_000
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
+    max_tokens_per_minute: int = DEFAULT_MAX_TOKENS_PER_MINUTE
+    max_requests_per_minute: int | None = None
+    model_allow_list: list[str] = field(default_factory=list)
+    monthly_budget: Decimal | None = None
+
+    def model_allowed(self, model_id: str) -> bool:
+        """An empty allow list permits every enabled model (the seed's ModelAllowed)."""
+        return not self.model_allow_list or model_id in self.model_allow_list
+
+
+def _positive_int_error(value, *, label: str) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{label} must be a whole number."
+    if value < 1:
+        return f"{label} must be at least 1."
+    return None
+
+
+def _allow_list_error(models) -> str | None:
+    if not isinstance(models, list | tuple):
+        return "Model allow list must be a list of model ids."
+    seen: set[str] = set()
+    for model_id in models:
+        if not isinstance(model_id, str) or not model_id.strip():
+            return "Model allow list contains a blank model id."
+        if model_id != model_id.strip():
+            return f"Model id {model_id.strip()!r} has leading or trailing spaces."
+        if len(model_id) > MODEL_ID_MAX_LENGTH:
+            return f"Model id {model_id[:40]!r}… is longer than {MODEL_ID_MAX_LENGTH} characters."
+        if model_id in seen:
+            return f"Model allow list names {model_id!r} twice."
+        seen.add(model_id)
+    return None
+
+
+def _budget_error(budget) -> str | None:
+    if budget is None:
+        return None
+    try:
+        amount = Decimal(str(budget)) if not isinstance(budget, Decimal) else budget
+    except InvalidOperation:
+        return "Monthly budget must be a decimal amount."
+    if isinstance(budget, float) or not amount.is_finite():
+        return "Monthly budget must be a decimal amount."
+    if amount < 0:
+        return "Monthly budget cannot be negative."
+    exponent = amount.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > BUDGET_DECIMAL_PLACES:
+        return f"Monthly budget can have at most {BUDGET_DECIMAL_PLACES} decimal places."
+    if amount >= Decimal(10) ** (BUDGET_MAX_DIGITS - BUDGET_DECIMAL_PLACES):
+        return "Monthly budget is too large."
+    return None
+
+
+def validate_tenant_config(config: TenantConfig) -> None:
+    """Raise ValidationError mapping each bad field to a message that names it."""
+    errors: dict[str, str] = {}
+    message = _positive_int_error(config.max_concurrent_requests, label="Max concurrent requests")
+    if message:
+        errors["max_concurrent_requests"] = message
+    message = _positive_int_error(config.max_tokens_per_minute, label="Max tokens per minute")
+    if message:
+        errors["max_tokens_per_minute"] = message
+    if config.max_requests_per_minute is not None:
+        message = _positive_int_error(
+            config.max_requests_per_minute, label="Max requests per minute"
+        )
+        if message:
+            errors["max_requests_per_minute"] = message
+    message = _allow_list_error(config.model_allow_list)
+    if message:
+        errors["model_allow_list"] = message
+    message = _budget_error(config.monthly_budget)
+    if message:
+        errors["monthly_budget"] = message
+    if errors:
+        raise ValidationError(errors)
+
+
+def validation_message(error: ValidationError) -> str:
+    """One line naming every bad field, for the CLI and logs."""
+    if hasattr(error, "message_dict"):
+        return "; ".join(
+            f"{name}: {' '.join(messages)}" for name, messages in error.message_dict.items()
+        )
+    return " ".join(error.messages)

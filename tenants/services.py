@@ -1,0 +1,234 @@
+"""State changes of tenants, members and API keys: the seed's TenantRegistry verbs.
+
+Views, the admin, the CLI and (later) the gateway all call these; nothing else writes these rows.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from tenants import apikeys
+from tenants.errors import (
+    ExpiredApiKey,
+    MalformedApiKey,
+    MissingApiKey,
+    RevokedApiKey,
+    TenantSuspended,
+    UnknownApiKey,
+)
+from tenants.models import ApiKey, Membership, Tenant
+from tenants.quotas import TenantConfig, validate_tenant_config
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FIELDS = tuple(TenantConfig.__dataclass_fields__)
+_UNKNOWN = "unknown"  # cached for digests that match no key, so guessing costs no query
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A newly issued key. `plaintext` exists only here, once: it is never stored."""
+
+    api_key: ApiKey
+    plaintext: str
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    tenant: Tenant
+    api_key: ApiKey
+
+
+def _lookup_cache_key(digest: str) -> str:
+    return f"apikey:digest:{digest}"
+
+
+def _forget_keys(keys) -> None:
+    cache.delete_many([_lookup_cache_key(key.digest) for key in keys])
+
+
+def _validate(tenant: Tenant) -> None:
+    # The quota rules first, so a bad limit gets their one message rather than a field
+    # validator's generic one as well; then slug uniqueness and the other field checks.
+    validate_tenant_config(tenant.config)
+    tenant.full_clean()
+
+
+# --- tenants -------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def tenant_register(*, slug: str, name: str = "", **config) -> Tenant:
+    """Create a tenant with its quota configuration (validated as everywhere)."""
+    unknown = set(config) - set(CONFIG_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown tenant settings: {sorted(unknown)}")
+    tenant = Tenant(slug=slug, name=name or slug, **config)
+    _validate(tenant)
+    tenant.save()
+    logger.info("tenant registered: %s", tenant.slug)
+    return tenant
+
+
+@transaction.atomic
+def tenant_update(*, tenant: Tenant, **changes) -> Tenant:
+    unknown = set(changes) - set(CONFIG_FIELDS) - {"name"}
+    if unknown:
+        raise TypeError(f"unknown tenant settings: {sorted(unknown)}")
+    for field, value in changes.items():
+        setattr(tenant, field, value)
+    _validate(tenant)
+    tenant.save()
+    _forget_keys(tenant.api_keys.all())
+    return tenant
+
+
+@transaction.atomic
+def tenant_suspend(*, tenant: Tenant) -> Tenant:
+    Tenant.objects.filter(pk=tenant.pk).update(status=Tenant.Status.SUSPENDED)
+    tenant.status = Tenant.Status.SUSPENDED
+    transaction.on_commit(lambda: _forget_keys(list(tenant.api_keys.all())))
+    logger.info("tenant suspended: %s", tenant.slug)
+    return tenant
+
+
+@transaction.atomic
+def tenant_resume(*, tenant: Tenant) -> Tenant:
+    Tenant.objects.filter(pk=tenant.pk).update(status=Tenant.Status.ACTIVE)
+    tenant.status = Tenant.Status.ACTIVE
+    transaction.on_commit(lambda: _forget_keys(list(tenant.api_keys.all())))
+    logger.info("tenant resumed: %s", tenant.slug)
+    return tenant
+
+
+def tenant_has_usage(tenant: Tenant) -> bool:
+    """Whether any of the tenant's keys was ever used (the ledger refines this in billing)."""
+    return tenant.api_keys.filter(last_used_at__isnull=False).exists()
+
+
+@transaction.atomic
+def tenant_remove(*, tenant: Tenant) -> bool:
+    """Remove a tenant: deleted if it never used the platform; otherwise suspended with every
+    key revoked, so its usage and invoices keep their owner. Returns True if it was deleted."""
+    if tenant_has_usage(tenant):
+        tenant_suspend(tenant=tenant)
+        now = timezone.now()
+        keys = list(tenant.api_keys.filter(revoked_at__isnull=True))
+        ApiKey.objects.filter(pk__in=[key.pk for key in keys]).update(revoked_at=now)
+        transaction.on_commit(lambda: _forget_keys(keys))
+        return False
+    keys = list(tenant.api_keys.all())
+    tenant.delete()
+    transaction.on_commit(lambda: _forget_keys(keys))
+    return True
+
+
+# --- members -------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def membership_set(*, tenant: Tenant, user, role: str = Membership.Role.MEMBER) -> Membership:
+    """Add a user to a tenant, or change the role they have there."""
+    membership, _ = Membership.objects.update_or_create(
+        tenant=tenant, user=user, defaults={"role": role}
+    )
+    return membership
+
+
+# --- API keys ------------------------------------------------------------------------------
+
+
+def apikey_issue(
+    *, tenant: Tenant, name: str = "", expires_at: datetime | None = None
+) -> IssuedKey:
+    """Issue a new key for the tenant; the plaintext is returned here once and never again."""
+    for _attempt in range(5):
+        generated = apikeys.generate_key()
+        try:
+            with transaction.atomic():
+                api_key = ApiKey.objects.create(
+                    tenant=tenant,
+                    name=name,
+                    prefix=generated.prefix,
+                    digest=generated.digest,
+                    expires_at=expires_at,
+                )
+        except IntegrityError:
+            continue  # a prefix collision (1 in 62**8): draw again
+        logger.info("api key issued: %s for %s", api_key.display_prefix, tenant.slug)
+        return IssuedKey(api_key=api_key, plaintext=generated.plaintext)
+    raise RuntimeError("could not draw a unique API key prefix")
+
+
+@transaction.atomic
+def apikey_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revoke a key at once (idempotent: a second revoke keeps the first time)."""
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
+            revoked_at=api_key.revoked_at
+        )
+        logger.info("api key revoked: %s", api_key.display_prefix)
+    transaction.on_commit(lambda: _forget_keys([api_key]))
+    return api_key
+
+
+@transaction.atomic
+def apikey_rotate(*, api_key: ApiKey, grace: timedelta | None = None) -> IssuedKey:
+    """Issue a replacement key; the old one keeps working for the grace period
+    (APIKEY_ROTATION_GRACE_SECONDS, 24 hours by default), then expires."""
+    if api_key.state != ApiKey.State.ACTIVE:
+        raise ValueError(f"{api_key.display_prefix} is {api_key.state}; only active keys rotate")
+    if grace is None:
+        grace = timedelta(seconds=settings.APIKEY_ROTATION_GRACE_SECONDS)
+    issued = apikey_issue(tenant=api_key.tenant, name=api_key.name, expires_at=api_key.expires_at)
+    grace_end = timezone.now() + grace
+    if api_key.expires_at is None or api_key.expires_at > grace_end:
+        api_key.expires_at = grace_end
+    api_key.replaced_by = issued.api_key
+    api_key.save(update_fields=["expires_at", "replaced_by"])
+    transaction.on_commit(lambda: _forget_keys([api_key]))
+    return issued
+
+
+def _mark_used(api_key: ApiKey, now: datetime) -> None:
+    # At most one write per key per interval: cache.add is atomic, so across every process
+    # only the first request of the interval reaches the database.
+    interval = settings.APIKEY_LAST_USED_INTERVAL_SECONDS
+    if cache.add(f"apikey:used:{api_key.pk}", 1, timeout=interval):
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        api_key.last_used_at = now
+
+
+def tenant_for_key(presented: str | None) -> Authenticated:
+    """The seed's TenantRegistry.Get: the tenant and key for a presented key, or the reason
+    it is refused (missing, malformed, unknown, revoked, expired key; suspended tenant)."""
+    if not presented:
+        raise MissingApiKey()
+    try:
+        apikeys.parse_key(presented)
+    except apikeys.MalformedKeyError:
+        raise MalformedApiKey() from None
+    digest = apikeys.key_digest(presented)
+    cache_key = _lookup_cache_key(digest)
+    api_key = cache.get(cache_key)
+    if api_key is None:
+        api_key = ApiKey.objects.for_digest(digest) or _UNKNOWN
+        cache.set(cache_key, api_key, timeout=settings.APIKEY_CACHE_SECONDS)
+    if api_key == _UNKNOWN:
+        raise UnknownApiKey()
+    now = timezone.now()
+    state = api_key.state_at(now)
+    if state == ApiKey.State.REVOKED:
+        raise RevokedApiKey(api_key.display_prefix)
+    if state == ApiKey.State.EXPIRED:
+        raise ExpiredApiKey(api_key.display_prefix)
+    if not api_key.tenant.is_active:
+        raise TenantSuspended(api_key.tenant.slug)
+    _mark_used(api_key, now)
+    return Authenticated(tenant=api_key.tenant, api_key=api_key)

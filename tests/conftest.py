@@ -1,0 +1,98 @@
+"""Shared fixtures: an owner tenant (acme, with alice as owner and bob as member) and an
+outsider tenant (globex, with charlie), as healthchecks names them, so isolation is tested."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.db import connection
+
+from tenants import services
+from tenants.models import Membership
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def acme(db):
+    return services.tenant_register(slug="acme", name="Acme Corp", max_concurrent_requests=4)
+
+
+@pytest.fixture
+def globex(db):
+    return services.tenant_register(slug="globex", name="Globex")
+
+
+@pytest.fixture
+def alice(acme):
+    user = get_user_model().objects.create_user("alice", "alice@example.com", "pw-alice-123")
+    services.membership_set(tenant=acme, user=user, role=Membership.Role.OWNER)
+    return user
+
+
+@pytest.fixture
+def bob(acme):
+    user = get_user_model().objects.create_user("bob", "bob@example.com", "pw-bob-123")
+    services.membership_set(tenant=acme, user=user, role=Membership.Role.MEMBER)
+    return user
+
+
+@pytest.fixture
+def charlie(globex):
+    user = get_user_model().objects.create_user("charlie", "charlie@example.com", "pw-ch-123")
+    services.membership_set(tenant=globex, user=user, role=Membership.Role.OWNER)
+    return user
+
+
+@pytest.fixture
+def acme_key(acme):
+    return services.apikey_issue(tenant=acme, name="ci")
+
+
+def _database_url_of_test_db() -> str:
+    params = connection.settings_dict
+    if params["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{params['NAME']}"
+    user = params.get("USER") or ""
+    password = f":{params['PASSWORD']}" if params.get("PASSWORD") else ""
+    auth = f"{user}{password}@" if user else ""
+    host = f"{params['HOST'] or '127.0.0.1'}:{params['PORT'] or 5432}"
+    return f"postgres://{auth}{host}/{params['NAME']}"
+
+
+@pytest.fixture
+def subprocess_env(transactional_db) -> dict[str, str]:
+    """Environment for a real child process (manage.py, a server) that sees the test database."""
+    env = dict(os.environ)
+    env["DATABASE_URL"] = _database_url_of_test_db()
+    env.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production")
+    return env
+
+
+@pytest.fixture
+def manage(subprocess_env):
+    """Run `python manage.py ...` as a script would, returning the completed process."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *args],
+            capture_output=True,
+            text=True,
+            env=subprocess_env,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
+
+    return run
