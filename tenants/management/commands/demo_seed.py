@@ -30,7 +30,7 @@ class Command(BaseCommand):
         self.stdout.write(
             "\nTry it:\n\n"
             f"    curl -s {base_url}/healthz\n\n"
-            f"    curl -s {base_url}/v1/models -H "Authorization: Bearer {key}"\n\n"
+            f'    curl -s {base_url}/v1/models -H "Authorization: Bearer {key}"\n\n'
             f'    python -c "from openai import OpenAI; '
             f"c = OpenAI(base_url='{base_url}/v1', api_key='{key}'); "
             'print(c.models.list())"\n'
