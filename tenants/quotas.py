@@ -53,6 +53,13 @@ def _allow_list_error(models) -> str | None:
         if model_id in seen:
             return f"Model allow list names {model_id!r} twice."
         seen.add(model_id)
+    if seen:
+        # Imported here: the catalog app imports this module for MODEL_ID_MAX_LENGTH.
+        from models_mgmt.selectors import unknown_model_ids
+
+        unknown = unknown_model_ids(seen)
+        if unknown:
+            return f"Unknown model id(s) in the allow list: {', '.join(sorted(unknown))}."
     return None
 
 

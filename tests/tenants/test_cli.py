@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import pytest
 
+from models_mgmt.services import model_register
 from tenants import apikeys, services
 from tenants.models import ApiKey, Tenant
 
@@ -16,7 +17,13 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-def test_tenant_create_with_every_option(manage):
+@pytest.fixture
+def catalog(transactional_db):
+    for model_id in ("llama-3", "qwen", "m1"):
+        model_register(model_id=model_id, engine="openai", base_url="http://127.0.0.1:9/v1")
+
+
+def test_tenant_create_with_every_option(manage, catalog):
     result = manage(
         "tenant", "create", "acme", "--name", "Acme Corp", "--max-concurrent", "3",
         "--tpm", "5000", "--rpm", "60", "--allow", "llama-3", "--allow", "qwen",
@@ -54,6 +61,7 @@ def test_tenant_create_uses_documented_defaults(manage):
         (["--tpm", "-5"], "max_tokens_per_minute: Max tokens per minute must be at least 1"),
         (["--allow", "a", "--allow", "a"], "model_allow_list: Model allow list names 'a' twice"),
         (["--allow", ""], "model_allow_list: Model allow list contains a blank model id"),
+        (["--allow", "gpt-9"], "Unknown model id(s) in the allow list: gpt-9"),
         (["--budget", "-1"], "monthly_budget: Monthly budget cannot be negative"),
         (["--budget", "lots"], "invalid decimal amount value: 'lots'"),
         (["--tpm", "many"], "invalid int value: 'many'"),
@@ -73,7 +81,7 @@ def test_duplicate_slug_is_refused(manage, acme):
     assert Tenant.objects.count() == 1
 
 
-def test_tenant_update_suspend_resume_and_list(manage, acme):
+def test_tenant_update_suspend_resume_and_list(manage, acme, catalog):
     assert manage("tenant", "update", "acme", "--tpm", "777", "--allow", "m1").returncode == 0
     acme.refresh_from_db()
     assert (acme.max_tokens_per_minute, acme.model_allow_list) == (777, ["m1"])

@@ -3,6 +3,7 @@ from decimal import Decimal
 import pytest
 from django.core.exceptions import ValidationError
 
+from models_mgmt.services import model_register
 from tenants import services
 from tenants.models import Tenant
 from tenants.quotas import TenantConfig, validate_tenant_config
@@ -80,3 +81,15 @@ def test_slug_must_be_url_safe_and_unique(acme):
         services.tenant_register(slug="acme")
     assert "slug" in caught.value.message_dict
     assert Tenant.objects.count() == 1
+
+
+def test_allow_list_must_name_models_in_the_catalog(db):
+    model_register(model_id="llama", engine="openai", base_url="http://127.0.0.1:9/v1")
+    validate_tenant_config(TenantConfig(model_allow_list=["llama"]))
+
+    with pytest.raises(ValidationError) as caught:
+        validate_tenant_config(TenantConfig(model_allow_list=["llama", "gpt-9", "claude"]))
+
+    assert caught.value.message_dict == {
+        "model_allow_list": ["Unknown model id(s) in the allow list: claude, gpt-9."]
+    }

