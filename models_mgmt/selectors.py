@@ -1,3 +1,8 @@
+import time
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
 from models_mgmt.models import ServedModel
 
 
@@ -15,3 +20,27 @@ def unknown_model_ids(model_ids) -> set[str]:
         ServedModel.objects.filter(model_id__in=model_ids).values_list("model_id", flat=True)
     )
     return set(model_ids) - known
+
+
+class _CatalogCache:
+    """The enabled models, kept per process for a few seconds: the gateway looks a model up on
+    every request and must not query the database each time."""
+
+    def __init__(self):
+        self.models: dict[str, ServedModel] = {}
+        self.loaded_at = float("-inf")
+
+    def get(self) -> dict[str, ServedModel]:
+        if time.monotonic() - self.loaded_at > settings.CATALOG_CACHE_SECONDS:
+            self.models = {model.model_id: model for model in enabled_models()}
+            self.loaded_at = time.monotonic()
+        return self.models
+
+
+_catalog = _CatalogCache()
+_catalog_lookup = sync_to_async(_catalog.get, thread_sensitive=False)
+
+
+async def acatalog() -> dict[str, ServedModel]:
+    """The enabled models by id, at most CATALOG_CACHE_SECONDS old."""
+    return await _catalog_lookup()

@@ -65,3 +65,18 @@ def error_response(error: PlatformError) -> JsonResponse:
     for name, value in error.headers().items():
         response[name] = value
     return response
+
+
+class ServerError(PlatformError):
+    status = 500
+    code = "server_error"
+    error_type = "server_error"
+
+
+def server_error(request, *args, **kwargs):
+    """handler500: API clients get OpenAI's error shape, people get Django's page."""
+    if request.path.startswith("/v1/"):
+        return error_response(ServerError("The server had an error processing your request."))
+    from django.views.defaults import server_error as page
+
+    return page(request, *args, **kwargs)

@@ -43,13 +43,16 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # The gateway's pair, for /v1/ only, in the seed's order: the tenant first, then billing.
+    "tenants.middleware.TenantMiddleware",
+    "billing.middleware.BillingMiddleware",
 ]
 
 ROOT_URLCONF = "saas_platform.urls"
@@ -93,6 +96,10 @@ if REDIS_URL:
             "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
         }
     }
+    # A cache outage degrades key lookups to the database instead of failing requests;
+    # admission decides on its own (fail closed by default) when Redis is gone.
+    DJANGO_REDIS_IGNORE_EXCEPTIONS = True
+    DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -105,8 +112,35 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 600, minimum=1)
 CELERY_RESULT_BACKEND = REDIS_URL or None
 
-# --- Usage events: optional NDJSON file each event is appended to.
+# --- Usage events: optional NDJSON file each event is appended to, and recorder classes.
 USAGE_NDJSON_PATH = env_str("USAGE_NDJSON_PATH")
+USAGE_RECORDERS = env_list("USAGE_RECORDERS", [])
+
+# --- The gateway.
+# Concurrency leases expire this long after their last renewal (a killed process frees its
+# slots then); running requests renew theirs every third of it.
+ADMISSION_LEASE_SECONDS = env_int("ADMISSION_LEASE_SECONDS", 15, minimum=1)
+# Without Redis the gateway refuses (503) by default; 1 admits without limits instead.
+ADMISSION_FAIL_OPEN = env_bool("ADMISSION_FAIL_OPEN", default=False)
+# Reserved for a request without max_tokens; the real count is reconciled at the end.
+DEFAULT_MAX_TOKENS_RESERVATION = env_int("DEFAULT_MAX_TOKENS_RESERVATION", 1024, minimum=1)
+# max_tokens above this is refused as a bad request.
+MAX_TOKENS_LIMIT = env_int("MAX_TOKENS_LIMIT", 131072, minimum=1)
+# Largest request body the inference endpoints take (413 above it).
+INFERENCE_MAX_BODY_BYTES = env_int("INFERENCE_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = INFERENCE_MAX_BODY_BYTES
+# Upstream engines: one pooled async HTTP client per process.
+UPSTREAM_CONNECT_TIMEOUT = env_int("UPSTREAM_CONNECT_TIMEOUT", 5, minimum=1)
+UPSTREAM_READ_TIMEOUT = env_int("UPSTREAM_READ_TIMEOUT", 120, minimum=1)
+UPSTREAM_TOTAL_TIMEOUT = env_int("UPSTREAM_TOTAL_TIMEOUT", 900, minimum=1)
+UPSTREAM_MAX_CONNECTIONS = env_int("UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
+# How long each server process keeps the model catalog before reading it again.
+CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 5, minimum=0)
+# Threads the local engine's CPU model uses in each server process (0: llama.cpp's default).
+LOCAL_ENGINE_THREADS = env_int("LOCAL_ENGINE_THREADS", 0, minimum=0)
+
+# Addresses that may read /metrics without signing in as staff.
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 
 # --- API keys.
 # How long a key lookup is cached; revocation and suspension also clear it at once.
@@ -129,9 +163,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-# WhiteNoise serves the admin's static files straight from the apps, so neither `make run` nor
-# `make serve` needs a collectstatic step.
-WHITENOISE_USE_FINDERS = True
+# ServeStatic (WhiteNoise with async support, so the gateway's async views stay async) serves
+# the admin's static files straight from the apps: no collectstatic step is needed.
+SERVESTATIC_USE_FINDERS = True
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -1,9 +1,14 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from saas_platform.health import healthz
+from saas_platform.metrics import metrics_view
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    path("v1/", include("inference.urls")),
+    path("metrics", metrics_view, name="metrics"),
 ]
+
+handler500 = "saas_platform.errors.server_error"

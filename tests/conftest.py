@@ -60,7 +60,7 @@ def acme_key(acme):
     return services.apikey_issue(tenant=acme, name="ci")
 
 
-def _database_url_of_test_db() -> str:
+def database_url_of_test_db() -> str:
     params = connection.settings_dict
     if params["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{params['NAME']}"
@@ -75,7 +75,7 @@ def _database_url_of_test_db() -> str:
 def subprocess_env(transactional_db) -> dict[str, str]:
     """Environment for a real child process (manage.py, a server) that sees the test database."""
     env = dict(os.environ)
-    env["DATABASE_URL"] = _database_url_of_test_db()
+    env["DATABASE_URL"] = database_url_of_test_db()
     env.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production")
     return env
 

@@ -1,0 +1,125 @@
+"""Usage events and the recorders they are published to (the seed's UsageEvent, UsageRecorder
+and NDJSONRecorder).
+
+Publishing never blocks or fails a response: events go onto an in-process queue that a
+background thread hands to every configured recorder, retrying a recorder that fails (with
+backoff) and counting failures in metrics. The billing issue adds the durable ledger recorder.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from django.conf import settings
+from django.utils.module_loading import import_string
+
+from saas_platform import metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    request_id: str
+    tenant_id: str
+    api_key_prefix: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    timestamp: int  # unix seconds, as the seed
+    latency_ms: int
+    status: int
+    # "reported": the engine's own usage; "counted": the gateway counted the tokens itself.
+    usage_source: str = "reported"
+    endpoint: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class UsageRecorder(Protocol):
+    def record(self, event: UsageEvent) -> None:
+        """Store the event or raise; the publisher retries on any exception."""
+
+
+class NDJSONRecorder:
+    """Appends one JSON object per line. Each line is one write() on an O_APPEND descriptor under
+    an exclusive lock, so lines from many processes never interleave."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path or settings.USAGE_NDJSON_PATH
+
+    def record(self, event: UsageEvent) -> None:
+        line = (json.dumps(event.to_dict(), separators=(",", ":")) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, line)
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
+def configured_recorders() -> list[UsageRecorder]:
+    recorders: list[UsageRecorder] = [import_string(path)() for path in settings.USAGE_RECORDERS]
+    if settings.USAGE_NDJSON_PATH and not any(isinstance(r, NDJSONRecorder) for r in recorders):
+        recorders.append(NDJSONRecorder())
+    return recorders
+
+
+class UsagePublisher:
+    """Hands events to the recorders from a background thread. A recorder that fails is retried
+    with backoff until it takes the event; the others are not held up by it."""
+
+    MAX_BACKOFF_SECONDS = 30.0
+
+    def __init__(self, recorders: list[UsageRecorder]):
+        self._queues = [(recorder, queue.SimpleQueue()) for recorder in recorders]
+        self._threads = [
+            threading.Thread(target=self._run, args=(r, q), daemon=True, name="usage-publisher")
+            for r, q in self._queues
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def publish(self, event: UsageEvent) -> None:
+        metrics.USAGE_EVENTS.inc()
+        for _recorder, pending in self._queues:
+            pending.put(event)
+
+    def pending(self) -> int:
+        return sum(pending.qsize() for _recorder, pending in self._queues)
+
+    def _run(self, recorder: UsageRecorder, pending: queue.SimpleQueue) -> None:
+        name = type(recorder).__name__
+        while True:
+            event = pending.get()
+            backoff = 0.1
+            while True:
+                try:
+                    recorder.record(event)
+                    break
+                except Exception:
+                    metrics.USAGE_RECORDER_FAILURES.labels(recorder=name).inc()
+                    logger.exception("usage recorder %s failed; retrying in %.1fs", name, backoff)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, self.MAX_BACKOFF_SECONDS)
+
+
+_publisher: UsagePublisher | None = None
+_publisher_lock = threading.Lock()
+
+
+def publisher() -> UsagePublisher:
+    """The process's publisher, started on first use (after fork, in each server worker)."""
+    global _publisher
+    if _publisher is None:
+        with _publisher_lock:
+            if _publisher is None:
+                _publisher = UsagePublisher(configured_recorders())
+    return _publisher

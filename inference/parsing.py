@@ -1,0 +1,191 @@
+"""Checking an inference request body before anything is reserved or forwarded.
+
+Every problem is a 400 in OpenAI's error shape naming the parameter; nothing here touches the
+database, Redis or an engine.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+from django.conf import settings
+
+from saas_platform.errors import PlatformError
+
+MAX_N = 16
+
+
+class Endpoint(StrEnum):
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+
+
+class InvalidRequest(PlatformError):
+    status = 400
+    code = "invalid_request_error"
+
+
+class RequestTooLarge(PlatformError):
+    status = 413
+    code = "request_too_large"
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    endpoint: Endpoint
+    body: dict
+    model: str
+    stream: bool
+    include_usage: bool  # whether the client asked for the final usage chunk
+    max_tokens: int | None
+    n: int
+    prompt_text: str  # the text the prompt is made of, for estimating and counting tokens
+    prompt_items: int  # messages, prompts or inputs, each costing some template overhead
+
+    def estimated_prompt_tokens(self) -> int:
+        """An estimate made before the engine has counted: a UTF-8 byte count over 3 (real
+        tokenizers average about 4 characters a token in English) plus 4 a message."""
+        return math.ceil(len(self.prompt_text.encode()) / 3) + 4 * self.prompt_items
+
+    def reservation(self) -> int:
+        """Tokens reserved at admission: the prompt estimate plus the most it may generate."""
+        if self.endpoint == Endpoint.EMBEDDINGS:
+            return self.estimated_prompt_tokens()
+        completion = self.max_tokens or settings.DEFAULT_MAX_TOKENS_RESERVATION
+        return self.estimated_prompt_tokens() + completion * self.n
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _content_text(content, param: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise InvalidRequest(
+                    "Each content part must be an object with a type.", param=param
+                )
+            if part["type"] == "text":
+                if not isinstance(part.get("text"), str):
+                    raise InvalidRequest("A text content part needs a string 'text'.", param=param)
+                texts.append(part["text"])
+        return "\n".join(texts)
+    raise InvalidRequest("Message content must be a string or a list of parts.", param=param)
+
+
+def _chat_prompt(body: dict) -> tuple[str, int]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    texts = []
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"{param} must be an object.", param=param)
+        if not isinstance(message.get("role"), str) or not message["role"]:
+            raise InvalidRequest(f"{param}.role must be a string.", param=f"{param}.role")
+        texts.append(_content_text(message.get("content"), f"{param}.content"))
+    return "\n".join(texts), len(messages)
+
+
+def _strings_or_tokens(value, param: str) -> tuple[str, int]:
+    """A string, a list of strings, a list of token ids, or a list of lists of token ids."""
+    if isinstance(value, str):
+        return value, 1
+    if isinstance(value, list) and value:
+        if all(isinstance(item, str) for item in value):
+            return "\n".join(value), len(value)
+        if all(_is_int(item) for item in value):
+            return " ".join("x" for _ in value), 1  # ~one token each
+        if all(isinstance(item, list) and item and all(_is_int(t) for t in item) for item in value):
+            return " ".join("x" for item in value for _ in item), len(value)
+    raise InvalidRequest(
+        f"'{param}' must be a string, an array of strings or an array of token ids.", param=param
+    )
+
+
+def parse(endpoint: Endpoint, raw: bytes) -> InferenceRequest:
+    if len(raw) > settings.INFERENCE_MAX_BODY_BYTES:
+        raise RequestTooLarge(
+            f"Request body is larger than {settings.INFERENCE_MAX_BODY_BYTES} bytes."
+        )
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("You must provide a model parameter.", param="model")
+
+    if endpoint == Endpoint.CHAT:
+        prompt_text, items = _chat_prompt(body)
+    elif endpoint == Endpoint.COMPLETIONS:
+        if "prompt" not in body:
+            raise InvalidRequest("You must provide a prompt.", param="prompt")
+        prompt_text, items = _strings_or_tokens(body["prompt"], "prompt")
+    else:
+        if "input" not in body:
+            raise InvalidRequest("You must provide an input.", param="input")
+        prompt_text, items = _strings_or_tokens(body["input"], "input")
+
+    max_tokens = None
+    for name in ("max_tokens", "max_completion_tokens"):
+        if body.get(name) is not None:
+            value = body[name]
+            if not _is_int(value) or value < 1:
+                raise InvalidRequest(f"'{name}' must be a positive integer.", param=name)
+            if value > settings.MAX_TOKENS_LIMIT:
+                raise InvalidRequest(
+                    f"'{name}' is {value}, above the maximum of {settings.MAX_TOKENS_LIMIT}.",
+                    param=name,
+                )
+            max_tokens = value
+
+    n = body.get("n", 1)
+    if n is None:
+        n = 1
+    if not _is_int(n) or not 1 <= n <= MAX_N:
+        raise InvalidRequest(f"'n' must be an integer from 1 to {MAX_N}.", param="n")
+
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    if stream and endpoint == Endpoint.EMBEDDINGS:
+        raise InvalidRequest("Embeddings cannot be streamed.", param="stream")
+    options = body.get("stream_options")
+    include_usage = False
+    if options is not None:
+        if not stream:
+            raise InvalidRequest(
+                "'stream_options' is only allowed when 'stream' is true.", param="stream_options"
+            )
+        if not isinstance(options, dict):
+            raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+        include_usage = options.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise InvalidRequest(
+                "'stream_options.include_usage' must be a boolean.",
+                param="stream_options.include_usage",
+            )
+
+    return InferenceRequest(
+        endpoint=endpoint,
+        body=body,
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        max_tokens=max_tokens,
+        n=n,
+        prompt_text=prompt_text,
+        prompt_items=items,
+    )

@@ -1,0 +1,45 @@
+"""Prometheus metrics of the gateway, served at /metrics. With several server processes, set
+PROMETHEUS_MULTIPROC_DIR so that every process's counters are summed (prometheus_client's
+multiprocess mode)."""
+
+import os
+
+from django.conf import settings
+from django.http import HttpResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+REQUESTS = Counter(
+    "gateway_requests_total", "Inference requests by endpoint and status", ["endpoint", "status"]
+)
+REFUSALS = Counter("gateway_refusals_total", "Requests refused, by reason", ["reason"])
+ADMISSION_BACKEND_ERRORS = Counter(
+    "gateway_admission_backend_errors_total",
+    "Admission calls that could not reach the limiter backend, by outcome (refused or admitted)",
+    ["outcome"],
+)
+USAGE_EVENTS = Counter("gateway_usage_events_total", "Usage events published")
+USAGE_RECORDER_FAILURES = Counter(
+    "gateway_usage_recorder_failures_total", "Failed usage recorder writes (retried)", ["recorder"]
+)
+UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Engine failures by kind", ["kind"])
+LATENCY = Histogram("gateway_request_seconds", "Time from request to last byte", ["endpoint"])
+
+
+def metrics_view(request):
+    """Prometheus exposition: every process's counters in multiprocess mode, else this one's.
+    Served to METRICS_ALLOWED_IPS (loopback by default) and staff users only."""
+    allowed = request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOWED_IPS
+    if not allowed and not (request.user.is_authenticated and request.user.is_staff):
+        return HttpResponse(status=403)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,138 @@
+"""A fake OpenAI-compatible engine for gateway tests (and benchmarks): fast, scriptable, real
+HTTP. Its behaviour comes from the model name the gateway forwards, as a query string:
+
+    fake?chunks=20&delay=0.05   stream 20 content chunks, 50 ms apart (also the reply's words)
+    fake?usage=0                 never report usage, even when asked (as llama.cpp's server)
+    fake?fail=500                answer with that HTTP status
+    fake?hang=1                  accept the request and never answer
+    fake?cut=3                   close the connection after 3 chunks, without [DONE]
+
+Run: python -m tests.fakes.upstream PORT
+"""
+
+import asyncio
+import json
+import sys
+import time
+from urllib.parse import parse_qs
+
+import uvicorn
+
+PROMPT_TOKENS = 10
+
+
+def _options(model: str) -> dict[str, float]:
+    _, _, query = model.partition("?")
+    return {key: float(values[0]) for key, values in parse_qs(query).items()}
+
+
+async def _read_json(receive) -> dict:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return json.loads(body or b"{}")
+
+
+async def _send_json(send, status: int, payload: dict) -> None:
+    data = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+def _chunk(model: str, chat: bool, text: str | None, finish: str | None = None) -> dict:
+    choice = {"index": 0, "finish_reason": finish}
+    if chat:
+        choice["delta"] = {"content": text} if text is not None else {}
+    else:
+        choice["text"] = text or ""
+    return {
+        "id": "fake-1",
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+    }
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    if scope["method"] == "GET" and path == "/v1/models":
+        return await _send_json(send, 200, {"object": "list", "data": [{"id": "fake"}]})
+    if path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+        return await _send_json(send, 404, {"error": {"message": "no such route"}})
+    body = await _read_json(receive)
+    model = body.get("model", "fake")
+    options = _options(model)
+    chunks, delay = int(options.get("chunks", 5)), options.get("delay", 0.0)
+    report_usage = options.get("usage", 1) == 1
+    if "fail" in options:
+        status = int(options["fail"])
+        return await _send_json(send, status, {"error": {"message": f"fake failure {status}"}})
+    if options.get("hang"):
+        await asyncio.sleep(3600)
+    if path == "/v1/embeddings":
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.1] * 8} for i in range(len(inputs))
+        ]
+        usage = {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS}
+        return await _send_json(
+            send, 200, {"object": "list", "data": data, "model": model, "usage": usage}
+        )
+    chat = path == "/v1/chat/completions"
+    usage = {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": chunks,
+        "total_tokens": PROMPT_TOKENS + chunks,
+    }
+    if not body.get("stream"):
+        await asyncio.sleep(delay * chunks)
+        text = " ".join(f"w{i}" for i in range(chunks))
+        choice = {"index": 0, "finish_reason": "stop"}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        payload = {"id": "fake-1", "object": "chat.completion" if chat else "text_completion",
+                   "created": int(time.time()), "model": model, "choices": [choice]}  # fmt: skip
+        if report_usage:
+            payload["usage"] = usage
+        return await _send_json(send, 200, payload)
+
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")]})  # fmt: skip
+
+    async def event(payload) -> None:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        await send(
+            {"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True}
+        )
+
+    cut = int(options.get("cut", -1))
+    for index in range(chunks):
+        if index == cut:
+            raise ConnectionAbortedError("fake engine cut the stream")  # uvicorn drops the socket
+        await event(_chunk(model, chat, f"w{index} "))
+        if delay:
+            await asyncio.sleep(delay)
+    await event(_chunk(model, chat, None, finish="stop"))
+    if report_usage and (body.get("stream_options") or {}).get("include_usage"):
+        await event({"id": "fake-1", "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": model, "choices": [], "usage": usage})  # fmt: skip
+    await event(b"[DONE]")
+    await send({"type": "http.response.body", "body": b""})
+
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", lifespan="on")
