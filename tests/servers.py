@@ -54,4 +54,4 @@ def running(command: list[str], *, ready_url: str, env: dict | None = None, log:
 def gateway_command(port: int, workers: int = 2) -> list[str]:
     return [str(Path(sys.executable).parent / "uvicorn"), "saas_platform.asgi:application",
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-            "--no-access-log", "--lifespan", "off"]  # fmt: skip
+            "--no-access-log", "--lifespan", "off", "--timeout-graceful-shutdown", "2"]  # fmt: skip

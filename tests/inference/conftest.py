@@ -31,14 +31,15 @@ class Gateway:
             return []
         return [json.loads(line) for line in self.usage_path.read_text().splitlines() if line]
 
-    def events_for(self, request_ids, *, timeout: float = 10.0) -> list[dict]:
-        """Wait until every id has an event (they are written just after the response ends),
-        then return all events of those ids: exactly one each is the contract."""
+    def events_for(self, request_ids, *, expected=None, timeout: float = 10.0) -> list[dict]:
+        """Wait until each `expected` id (default: all) has an event (they are written just
+        after the response ends), then return all events of `request_ids`."""
         wanted = set(request_ids)
+        awaited = wanted if expected is None else set(expected)
         deadline = time.monotonic() + timeout
         while True:
             found = [e for e in self.events() if e["request_id"] in wanted]
-            if {e["request_id"] for e in found} >= wanted or time.monotonic() > deadline:
+            if {e["request_id"] for e in found} >= awaited or time.monotonic() > deadline:
                 time.sleep(0.3)  # give a duplicate, if there were one, time to show up
                 return [e for e in self.events() if e["request_id"] in wanted]
             time.sleep(0.05)
