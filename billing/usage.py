@@ -67,7 +67,8 @@ class NDJSONRecorder:
 
 def configured_recorders() -> list[UsageRecorder]:
     recorders: list[UsageRecorder] = [import_string(path)() for path in settings.USAGE_RECORDERS]
-    if settings.USAGE_NDJSON_PATH and not any(isinstance(r, NDJSONRecorder) for r in recorders):
+    ndjson_paths = {r.path for r in recorders if isinstance(r, NDJSONRecorder)}
+    if settings.USAGE_NDJSON_PATH and settings.USAGE_NDJSON_PATH not in ndjson_paths:
         recorders.append(NDJSONRecorder())
     return recorders
 
