@@ -13,7 +13,9 @@ STAMP := $(VENV)/.installed
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 HOST ?= 127.0.0.1
 PORT ?= 8000
-WORKERS ?= 2
+# Several server processes share limits through Redis; without it, the in-process limiter
+# is only right with one.
+WORKERS ?= $(if $(REDIS_URL),2,1)
 
 # Test services on localhost (make test): PostgreSQL and Redis.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/saas_platform

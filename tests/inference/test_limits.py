@@ -5,7 +5,7 @@ import time
 
 import httpx
 
-from tests.inference.conftest import fake_model, make_customer
+from tests.inference.conftest import LEASE_SECONDS, fake_model, make_customer
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -129,3 +129,27 @@ def test_a_request_that_can_never_fit_says_so(gateway, catalog):
     assert response.status_code == 429
     assert "can never be admitted" in response.json()["error"]["message"]
     assert response.headers["x-ratelimit-limit-tokens"] == "50"
+
+
+def test_a_long_stream_keeps_its_slot_past_the_lease_time(gateway, catalog, fake_upstream_url):
+    # The gateway runs with 3-second leases: this stream lasts 5 s, renewing its lease.
+    model = fake_model(fake_upstream_url, "five-seconds", "chunks=50&delay=0.1")
+    customer = make_customer(gateway, max_concurrent_requests=1)
+    body = {"model": model, "messages": HI, "stream": True}
+
+    with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        with client.stream("POST", "/v1/chat/completions", json=body,
+                           headers=_headers(customer)) as response:  # fmt: skip
+            lines = response.iter_lines()
+            started = time.monotonic()
+            while time.monotonic() - started < LEASE_SECONDS + 1:
+                next(lines)
+            during = client.post("/v1/chat/completions", headers=_headers(customer),
+                                 json={"model": "fake", "messages": HI})  # fmt: skip
+            remaining = sum(1 for line in lines if line.startswith("data:"))
+        after = client.post("/v1/chat/completions", headers=_headers(customer),
+                            json={"model": "fake", "messages": HI})  # fmt: skip
+
+    assert during.status_code == 429
+    assert remaining > 0  # the stream was still running when the second request came
+    assert after.status_code == 200

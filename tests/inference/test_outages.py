@@ -1,12 +1,14 @@
 """When Redis is gone the gateway refuses (fail closed) or admits without limits (fail open), by
 setting; a recorder that fails holds up no response and loses no event."""
 
+import os
+import signal
 import time
 
 import httpx
 import pytest
 
-from tests.inference.conftest import gateway_env, make_customer
+from tests.inference.conftest import LEASE_SECONDS, fake_model, gateway_env, make_customer
 from tests.servers import free_port, gateway_command, running
 
 HI = [{"role": "user", "content": "hi"}]
@@ -82,3 +84,35 @@ def test_a_failing_recorder_holds_up_no_response_and_loses_no_event(
     assert len(recorded) == 3
     assert {line.split('"request_id":"')[1].split('"')[0] for line in recorded} == ids
     assert 'gateway_usage_recorder_failures_total{recorder="FlakyRecorder"}' in metrics
+
+
+def test_a_killed_gateway_leaks_its_slot_only_until_the_lease_expires(
+    gateway, catalog, fake_upstream_url, start_gateway
+):
+    model = fake_model(fake_upstream_url, "endless", "chunks=1000&delay=0.05")
+    customer = make_customer(gateway, max_concurrent_requests=1)
+    headers = {"Authorization": f"Bearer {customer.key}"}
+    port, doomed = start_gateway()
+
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    body = {"model": model, "messages": HI, "stream": True}
+    short = {"model": "fake", "messages": HI}
+    with (
+        doomed as process,
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", url, headers=headers, json=body) as response,
+    ):
+        next(response.iter_lines())
+        os.kill(process.pid, signal.SIGKILL)  # uvicorn with one worker: the worker itself
+        killed = time.monotonic()
+        refused = client.post(f"{gateway.url}/v1/chat/completions", headers=headers, json=short)
+        while True:
+            retry = client.post(f"{gateway.url}/v1/chat/completions", headers=headers, json=short)
+            if retry.status_code == 200 or time.monotonic() - killed > LEASE_SECONDS + 5:
+                break
+            time.sleep(0.2)
+        waited = time.monotonic() - killed
+
+    assert refused.status_code == 429  # the dead process's lease still holds the slot...
+    assert retry.status_code == 200  # ...until it expires
+    assert waited <= LEASE_SECONDS + 1

