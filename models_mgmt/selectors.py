@@ -1,9 +1,9 @@
 import time
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from models_mgmt.models import ServedModel
+from saas_platform.threads import in_db_thread
 
 
 def enabled_models():
@@ -38,7 +38,7 @@ class _CatalogCache:
 
 
 _catalog = _CatalogCache()
-_catalog_lookup = sync_to_async(_catalog.get, thread_sensitive=False)
+_catalog_lookup = in_db_thread(_catalog.get)
 
 
 async def acatalog() -> dict[str, ServedModel]:

@@ -2,10 +2,11 @@
 key names the tenant, or the request is refused with OpenAI's error shape. It authenticates by
 itself, before any view, and adds OpenAI's x-ratelimit-* headers to every response."""
 
-from asgiref.sync import markcoroutinefunction, sync_to_async
+from asgiref.sync import markcoroutinefunction
 
 from saas_platform import metrics
 from saas_platform.errors import PlatformError, error_response
+from saas_platform.threads import in_db_thread
 from tenants import services
 from tenants.admission import rate_limit_headers
 
@@ -20,8 +21,8 @@ def bearer_key(request) -> str | None:
     return credentials.strip() or None
 
 
-# Key lookups may touch the database; they run in a thread pool so the event loop never waits.
-_authenticate = sync_to_async(services.tenant_for_key, thread_sensitive=False)
+# Key lookups may touch the database; they run in the thread pool so the event loop never waits.
+_authenticate = in_db_thread(services.tenant_for_key)
 
 
 class TenantMiddleware:

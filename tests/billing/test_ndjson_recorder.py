@@ -29,7 +29,7 @@ def _write_many(path: str, writer: int) -> None:
 
 def test_lines_from_concurrent_processes_never_interleave(tmp_path):
     path = str(tmp_path / "usage.ndjson")
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     writers = [context.Process(target=_write_many, args=(path, w)) for w in range(6)]
     for process in writers:
         process.start()
