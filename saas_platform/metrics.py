@@ -31,6 +31,11 @@ USAGE_RECORDER_FAILURES = Counter(
 UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Engine failures by kind", ["kind"])
 LATENCY = Histogram("gateway_request_seconds", "Time from request to last byte", ["endpoint"])
 
+LEDGER_STORED = Counter("billing_ledger_events_stored_total", "Usage events stored in the ledger")
+LEDGER_CONFLICTS = Counter(
+    "billing_ledger_conflicts_total", "Usage events refused: same request id, different payload"
+)
+
 
 def metrics_view(request):
     """Prometheus exposition: every process's counters in multiprocess mode, else this one's.

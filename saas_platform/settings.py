@@ -111,10 +111,32 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 600, minimum=1)
 CELERY_RESULT_BACKEND = REDIS_URL or None
+CELERY_BEAT_SCHEDULE = {
+    # Move usage events from the Redis stream into the ledger.
+    "ledger-drain": {"task": "billing.tasks.drain_usage_events", "schedule": 1.0},
+    # Reset each tenant's running spend from the ledger, the truth.
+    "spend-reconcile": {"task": "billing.tasks.reconcile_spend", "schedule": 300.0},
+    # Close last month's invoices once the grace period for late events has passed.
+    "invoices-close-due": {"task": "billing.tasks.close_due_invoices", "schedule": 3600.0},
+}
 
 # --- Usage events: optional NDJSON file each event is appended to, and recorder classes.
 USAGE_NDJSON_PATH = env_str("USAGE_NDJSON_PATH")
-USAGE_RECORDERS = env_list("USAGE_RECORDERS", [])
+# With Redis, the ledger recorder is on by default: events reach PostgreSQL through its stream.
+USAGE_RECORDERS = env_list(
+    "USAGE_RECORDERS", ["billing.ledger.LedgerRecorder"] if REDIS_URL else []
+)
+
+# --- Billing.
+BILLING_CURRENCY = env_str("BILLING_CURRENCY", "USD").upper()
+BILLING_OPERATOR_NAME = env_str("BILLING_OPERATOR_NAME", "Inference Platform Operator")
+BILLING_OPERATOR_ADDRESS = env_str("BILLING_OPERATOR_ADDRESS", "")
+# Days after a month's end before its invoices are closed, so late usage events still count.
+INVOICE_GRACE_DAYS = env_int("INVOICE_GRACE_DAYS", 3, minimum=0)
+# Events a ledger batch stores at once, and how long an unacknowledged one waits before
+# another worker takes it over (its first worker presumably died).
+LEDGER_BATCH_SIZE = env_int("LEDGER_BATCH_SIZE", 500, minimum=1)
+LEDGER_RECLAIM_IDLE_SECONDS = env_int("LEDGER_RECLAIM_IDLE_SECONDS", 30, minimum=0)
 
 # --- The gateway.
 # Concurrency leases expire this long after their last renewal (a killed process frees its

@@ -10,6 +10,7 @@ Lua script a call); otherwise an in-process backend with the same contract.
 """
 
 import asyncio
+import calendar
 import logging
 import math
 import threading
@@ -23,6 +24,8 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from billing.money import to_micros
+from billing.spend import month_key, spend_get_local, spend_key
 from saas_platform import metrics
 from saas_platform.errors import PlatformError, RateLimited
 from tenants.admission_lua import ADMIT, RELEASE, RENEW
@@ -37,6 +40,7 @@ class Limits:
     max_concurrent: int
     tokens_per_minute: int
     requests_per_minute: int | None = None
+    budget_micros: int | None = None  # the monthly budget, in millionths of the currency
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ class RedisAdmission:
     @staticmethod
     def _keys(tenant_id: int) -> list[str]:
         tag = f"adm:{{{tenant_id}}}"
-        return [f"{tag}:leases", f"{tag}:tok", f"{tag}:amt", f"{tag}:sum", f"{tag}:req"]
+        return [f"{tag}:leases", f"{tag}:tok", f"{tag}:amt", f"{tag}:sum", f"{tag}:req",
+                spend_key(tenant_id, month_key())]  # fmt: skip
 
     async def admit(self, tenant_id, lease_id, limits, tokens) -> Decision:
         code, in_flight, used, requests, retry_ms, reset_ms = await self._admit(
@@ -101,6 +106,7 @@ class RedisAdmission:
                 limits.tokens_per_minute,
                 limits.requests_per_minute or 0,
                 tokens,
+                -1 if limits.budget_micros is None else limits.budget_micros,
             ],
         )
         return Decision(
@@ -166,6 +172,9 @@ class LocalAdmission:
             def refuse(reason: str, retry: float) -> Decision:
                 return Decision(False, reason, retry, *counts, self._reset(state, now))
 
+            budget = limits.budget_micros
+            if budget is not None and spend_get_local(tenant_id, month_key()) >= budget:
+                return refuse("budget", 0.0)
             if tokens > limits.tokens_per_minute:
                 return refuse("too_large", WINDOW_SECONDS)
             if len(state.leases) >= limits.max_concurrent:
@@ -256,6 +265,8 @@ _REFUSAL_MESSAGES = {
     "requests_per_minute": "Rate limit reached for requests per minute (limit {rpm}).",
     "tokens_per_minute": "Rate limit reached for tokens per minute (limit {tpm}, in use {used}, "
     "requested {tokens}).",
+    "budget": "You exceeded your monthly budget of {budget} {currency}. Requests are refused "
+    "until next month or until the budget is raised.",
     "too_large": "Request too large: it reserves {tokens} tokens (estimated prompt plus "
     "max_tokens) but the tenant's limit is {tpm} tokens per minute, so it can never be "
     "admitted. Lower max_tokens or shorten the prompt.",
@@ -307,6 +318,7 @@ async def acquire(*, tenant, lease_id: str, tokens: int) -> tuple[Lease, Decisio
         max_concurrent=tenant.max_concurrent_requests,
         tokens_per_minute=tenant.max_tokens_per_minute,
         requests_per_minute=tenant.max_requests_per_minute,
+        budget_micros=None if tenant.monthly_budget is None else to_micros(tenant.monthly_budget),
     )
     chosen = backend()
     try:
@@ -329,11 +341,24 @@ async def acquire(*, tenant, lease_id: str, tokens: int) -> tuple[Lease, Decisio
             tpm=limits.tokens_per_minute,
             used=decision.tokens_used,
             tokens=tokens,
+            budget=tenant.monthly_budget,
+            currency=settings.BILLING_CURRENCY,
         )
-        error = RateLimited(message, retry_after=math.ceil(decision.retry_after))
+        if decision.reason == "budget":
+            error = RateLimited(message, retry_after=_seconds_to_next_month(),
+                                code="insufficient_quota")  # fmt: skip
+            error.error_type = "insufficient_quota"
+        else:
+            error = RateLimited(message, retry_after=math.ceil(decision.retry_after))
         error.decision = decision
         raise error
     return Lease(backend=chosen, tenant_id=tenant.pk, lease_id=lease_id, tokens=tokens), decision
+
+
+def _seconds_to_next_month() -> int:
+    now = time.gmtime()
+    year, month = (now.tm_year + 1, 1) if now.tm_mon == 12 else (now.tm_year, now.tm_mon + 1)
+    return max(1, int(calendar.timegm((year, month, 1, 0, 0, 0)) - time.time()))
 
 
 def _duration(seconds: float) -> str:

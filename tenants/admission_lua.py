@@ -6,6 +6,8 @@ Per tenant (hash-tagged so a cluster keeps them on one slot):
   {t}:amt     HASH entry id -> tokens                 each entry's reservation, then real count
   {t}:sum     STRING                                  the sum of the window's entries
   {t}:req     ZSET entry id -> admission time (ms)    requests-per-minute sliding window
+  {t}:spend:M STRING                                  the month's spend in millionths, kept by
+                                                      billing (read here: the budget check)
 Times come from Redis's clock, so gateways with skewed clocks agree.
 """
 
@@ -31,15 +33,16 @@ end
 """
 
 # ARGV: lease id, lease ms, max concurrent, tokens per minute, requests per minute (0: none),
-# tokens to reserve.
+# tokens to reserve, monthly budget in millionths (-1: none).
 # Returns {code, in_flight, tokens_used, requests_used, retry_after_ms, reset_tokens_ms}; code 1
-# admitted, -1 concurrency, -2 requests per minute, -3 can never fit, -4 tokens per minute.
+# admitted, -1 concurrency, -2 requests per minute, -3 can never fit, -4 tokens per minute,
+# -5 the monthly budget is spent.
 ADMIT = (
     _PRELUDE
     + """
 local lease_id, lease_ms = ARGV[1], tonumber(ARGV[2])
 local max_conc, tpm = tonumber(ARGV[3]), tonumber(ARGV[4])
-local rpm, tokens = tonumber(ARGV[5]), tonumber(ARGV[6])
+local rpm, tokens, budget = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 expire_window()
 local in_flight = redis.call('ZCARD', leases)
 local used = tonumber(redis.call('GET', sum) or '0')
@@ -48,6 +51,9 @@ local function reset_ms()
   local newest = redis.call('ZRANGE', tok, -1, -1, 'WITHSCORES')
   if #newest == 0 then return 0 end
   return tonumber(newest[2]) + window - now
+end
+if budget >= 0 and tonumber(redis.call('GET', KEYS[6]) or '0') >= budget then
+  return {-5, in_flight, used, requests, 0, reset_ms()}
 end
 if tokens > tpm then
   return {-3, in_flight, used, requests, window, reset_ms()}

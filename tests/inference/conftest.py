@@ -70,7 +70,7 @@ def gateway_env(**overrides) -> dict[str, str]:
         DATABASE_URL=database_url_of_test_db(),
         ADMISSION_LEASE_SECONDS=str(LEASE_SECONDS),
         CATALOG_CACHE_SECONDS="0",
-        UPSTREAM_READ_TIMEOUT="3",
+        UPSTREAM_READ_TIMEOUT="10",
         LOCAL_ENGINE_THREADS="1",
     )
     env.update(overrides)

@@ -1,0 +1,201 @@
+"""Storing usage events in the ledger, exactly once each, priced at their own time.
+
+Gateways publish events to a durable buffer, a Redis stream (`LedgerRecorder`); a Celery task
+drains it in batches (`ledger_drain`) through a consumer group. An entry is acknowledged only
+after its batch is committed, so a worker killed mid-batch leaves it pending, and another drain
+claims and stores it again: `request_id` makes that second write a no-op. Without Redis (the
+embedded default) the recorder stores events directly.
+"""
+
+import json
+import logging
+import os
+import socket
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Sum
+
+from billing import money, spend
+from billing.models import DailyUsage, UsageRecord
+from billing.pricing import PriceBook
+from billing.usage import UsageEvent
+from saas_platform import metrics
+
+logger = logging.getLogger(__name__)
+
+STREAM = "usage:events"
+GROUP = "ledger"
+# Fields compared when a request id comes twice: the same payload is a duplicate delivery,
+# a different one is refused.
+_COMPARED = ("tenant_id", "model_id", "prompt_tokens", "completion_tokens", "status")
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    stored: int
+    duplicates: int
+    conflicts: int
+
+
+def _record(event: UsageEvent, book: PriceBook) -> UsageRecord:
+    occurred_at = datetime.fromtimestamp(event.timestamp, tz=UTC)
+    tenant_id = int(event.tenant_id)
+    price = book.price_for(tenant_id, event.model, occurred_at)
+    return UsageRecord(
+        request_id=event.request_id,
+        tenant_id=tenant_id,
+        api_key_prefix=event.api_key_prefix,
+        model_id=event.model,
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        occurred_at=occurred_at,
+        latency_ms=event.latency_ms,
+        status=event.status,
+        counted=event.usage_source == "counted",
+        price=price,
+        amount=money.usage_amount(event.prompt_tokens, event.completion_tokens, price),
+        currency=price.currency if price else settings.BILLING_CURRENCY,
+    )
+
+
+def _rollup(touched: set[tuple[int, object]]) -> None:
+    """Recompute the daily rollups of the touched (tenant, day) pairs from the ledger."""
+    for tenant_id, day in touched:
+        rows = (
+            UsageRecord.objects.filter(tenant_id=tenant_id, occurred_at__date=day)
+            .values("model_id")
+            .annotate(
+                n=Count("id"),
+                prompt=Sum("prompt_tokens"),
+                completion=Sum("completion_tokens"),
+                total=Sum("amount"),
+            )
+        )
+        for row in rows:
+            DailyUsage.objects.update_or_create(
+                tenant_id=tenant_id,
+                model_id=row["model_id"],
+                day=day,
+                defaults={
+                    "requests": row["n"],
+                    "prompt_tokens": row["prompt"],
+                    "completion_tokens": row["completion"],
+                    "amount": row["total"],
+                },
+            )
+
+
+def ledger_store(events: list[UsageEvent]) -> StoreResult:
+    """Store events not stored yet, priced at their own time; update rollups and spend."""
+    by_id = {event.request_id: event for event in events}
+    existing = {
+        row["request_id"]: row
+        for row in UsageRecord.objects.filter(request_id__in=by_id).values("request_id", *_COMPARED)
+    }
+    duplicates = conflicts = 0
+    for request_id, row in existing.items():
+        event = by_id.pop(request_id)
+        record = _record(event, PriceBook([]))
+        if all(getattr(record, field) == row[field] for field in _COMPARED):
+            duplicates += 1
+        else:
+            conflicts += 1
+            metrics.LEDGER_CONFLICTS.inc()
+            logger.error(
+                "usage event %s refused: a different payload is already stored", request_id
+            )
+    book = PriceBook({event.model for event in by_id.values()})
+    records = [_record(event, book) for event in by_id.values()]
+    with transaction.atomic():
+        UsageRecord.objects.bulk_create(records, ignore_conflicts=True)
+        _rollup({(r.tenant_id, r.occurred_at.date()) for r in records})
+    added: dict[tuple[int, str], int] = defaultdict(int)
+    for record in records:
+        added[(record.tenant_id, spend.month_key(record.occurred_at))] += money.to_micros(
+            record.amount
+        )
+    for (tenant_id, month), micros in added.items():
+        if micros:
+            spend.spend_add(tenant_id, month, micros)
+    metrics.LEDGER_STORED.inc(len(records))
+    return StoreResult(stored=len(records), duplicates=duplicates, conflicts=conflicts)
+
+
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+
+
+class LedgerRecorder:
+    """The UsageRecorder for the ledger: appends the event to the Redis stream (the durable
+    buffer), or without Redis stores it at once."""
+
+    def __init__(self):
+        self.client = _redis() if settings.REDIS_URL else None
+
+    def record(self, event: UsageEvent) -> None:
+        if self.client is None:
+            ledger_store([event])
+            return
+        self.client.xadd(STREAM, {"event": _encode(event)})
+
+
+def _encode(event: UsageEvent) -> str:
+    return json.dumps(event.to_dict(), separators=(",", ":"))
+
+
+def _decode(raw: bytes) -> UsageEvent:
+    return UsageEvent(**json.loads(raw))
+
+
+def _ensure_group(client: redis.Redis) -> None:
+    try:
+        client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as error:
+        if "BUSYGROUP" not in str(error):
+            raise
+
+
+def _crash_if(point: str) -> None:
+    # Fault injection for the tests that prove a killed worker loses and doubles nothing:
+    # LEDGER_CRASH_AT names the point where the process dies at once, as SIGKILL would.
+    if os.environ.get("LEDGER_CRASH_AT") == point:
+        os._exit(137)
+
+
+def ledger_drain(*, batch_size: int | None = None, max_batches: int = 100) -> int:
+    """Move events from the stream into the ledger, a batch at a time, until it is empty (or
+    `max_batches`). Entries another consumer took but never acknowledged (it died) are claimed
+    once they have been idle LEDGER_RECLAIM_IDLE_SECONDS. Returns the events stored."""
+    batch_size = batch_size or settings.LEDGER_BATCH_SIZE
+    client = _redis()
+    _ensure_group(client)
+    consumer = f"{socket.gethostname()}-{os.getpid()}"
+    stored = 0
+    for _ in range(max_batches):
+        _next, claimed, _deleted = client.xautoclaim(
+            STREAM, GROUP, consumer, int(settings.LEDGER_RECLAIM_IDLE_SECONDS * 1000),
+            start_id="0-0", count=batch_size,
+        )  # fmt: skip
+        entries = list(claimed)
+        if len(entries) < batch_size:
+            fresh = client.xreadgroup(
+                GROUP, consumer, {STREAM: ">"}, count=batch_size - len(entries)
+            )
+            for _stream, items in fresh or []:
+                entries.extend(items)
+        if not entries:
+            break
+        events = [_decode(fields[b"event"]) for _id, fields in entries if fields]
+        _crash_if("before_commit")
+        result = ledger_store(events)
+        _crash_if("after_commit")
+        ids = [entry_id for entry_id, _fields in entries]
+        client.xack(STREAM, GROUP, *ids)
+        client.xdel(STREAM, *ids)
+        stored += result.stored
+    return stored

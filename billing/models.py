@@ -1,0 +1,185 @@
+"""The billing data: prices, the usage ledger, daily rollups, invoices and credit notes.
+
+Money is Decimal end to end. Ledger amounts keep full precision (12 decimal places); amounts
+are rounded once, per invoice line, to the currency's minor unit (see billing.money).
+"""
+
+from django.db import models
+from django.utils import timezone
+
+from tenants.models import Tenant
+
+MODEL_ID_LENGTH = 200
+
+
+class Price(models.Model):
+    """A model's price from `effective_from` on; a tenant's own price overrides the list price.
+    Rows are never edited: a change is a new row with a later `effective_from`."""
+
+    model_id = models.CharField(max_length=MODEL_ID_LENGTH)
+    tenant = models.ForeignKey(
+        Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="prices",
+        help_text="Empty: the list price for every tenant without its own.",
+    )  # fmt: skip
+    currency = models.CharField(max_length=3)
+    input_per_million = models.DecimalField(max_digits=18, decimal_places=6)
+    output_per_million = models.DecimalField(max_digits=18, decimal_places=6)
+    effective_from = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["model_id", "tenant_id", "-effective_from"]
+        indexes = [models.Index(fields=["model_id", "effective_from"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(input_per_million__gte=0, output_per_million__gte=0),
+                name="price_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} {self.input_per_million}/{self.output_per_million} {self.currency}"
+
+
+class UsageRecord(models.Model):
+    """The ledger: one row per admitted request, append-only and narrow (no JSON per row).
+    `request_id` is the idempotency key; `id` orders rows by when they were stored, which is
+    what invoices use to tell late events (docs/ledger.md)."""
+
+    request_id = models.CharField(max_length=64, unique=True)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False)
+    api_key_prefix = models.CharField(max_length=16)
+    model_id = models.CharField(max_length=MODEL_ID_LENGTH)
+    prompt_tokens = models.PositiveIntegerField()
+    completion_tokens = models.PositiveIntegerField()
+    occurred_at = models.DateTimeField()
+    recorded_at = models.DateTimeField(default=timezone.now)
+    latency_ms = models.PositiveIntegerField()
+    status = models.PositiveSmallIntegerField()
+    counted = models.BooleanField(help_text="Tokens counted by the gateway, not the engine.")
+    price = models.ForeignKey(Price, null=True, on_delete=models.PROTECT, db_index=False)
+    amount = models.DecimalField(max_digits=24, decimal_places=12)
+    currency = models.CharField(max_length=3)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "occurred_at"], name="usage_tenant_time"),
+            models.Index(fields=["occurred_at"], name="usage_time"),
+        ]
+
+    def __str__(self) -> str:
+        return self.request_id
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class DailyUsage(models.Model):
+    """Per tenant, model and UTC day: recomputed from the ledger for every touched day, never
+    incremented, so a retried batch can never count twice."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="daily_usage")
+    model_id = models.CharField(max_length=MODEL_ID_LENGTH)
+    day = models.DateField()
+    requests = models.PositiveIntegerField()
+    prompt_tokens = models.PositiveBigIntegerField()
+    completion_tokens = models.PositiveBigIntegerField()
+    amount = models.DecimalField(max_digits=24, decimal_places=12)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "model_id", "day"], name="daily_unique")
+        ]
+        indexes = [models.Index(fields=["day"])]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.model_id} {self.day}"
+
+
+class Invoice(models.Model):
+    """A tenant's invoice for a calendar month. Only finalized invoices are stored; a draft is
+    computed from the ledger when asked for. Finalized rows cannot be updated or deleted: the
+    database refuses (a trigger), so neither the ORM nor the admin can change one."""
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        FINAL = "final", "Final"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="invoices")
+    period = models.DateField(help_text="The first day of the invoiced month.")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.FINAL)
+    number = models.CharField(max_length=32, unique=True)
+    currency = models.CharField(max_length=3)
+    total = models.DecimalField(max_digits=18, decimal_places=2)
+    # The ledger rows up to this id (and no later ones) are on this or an earlier invoice.
+    covers_through_id = models.BigIntegerField()
+    finalized_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-period", "tenant_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "period"], name="invoice_one_per_month")
+        ]
+
+    def __str__(self) -> str:
+        return self.number
+
+    @property
+    def is_final(self) -> bool:
+        return self.status == self.Status.FINAL
+
+
+class InvoiceLine(models.Model):
+    class Kind(models.TextChoices):
+        USAGE = "usage", "Usage"
+        ADJUSTMENT = "adjustment", "Late usage from earlier periods"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="lines")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    model_id = models.CharField(max_length=MODEL_ID_LENGTH)
+    requests = models.PositiveIntegerField()
+    input_tokens = models.PositiveBigIntegerField()
+    output_tokens = models.PositiveBigIntegerField()
+    input_per_million = models.DecimalField(max_digits=18, decimal_places=6)
+    output_per_million = models.DecimalField(max_digits=18, decimal_places=6)
+    amount = models.DecimalField(max_digits=18, decimal_places=2)
+
+    class Meta:
+        ordering = ["invoice_id", "kind", "model_id", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.model_id} {self.amount}"
+
+
+class InvoiceCounter(models.Model):
+    """The last invoice (or credit note) number given out in a year, per series: numbers are
+    taken under a row lock in the finalizing transaction, so there are never gaps."""
+
+    series = models.CharField(max_length=8)
+    year = models.PositiveIntegerField()
+    last = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["series", "year"], name="counter_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.series}-{self.year}: {self.last}"
+
+
+class CreditNote(models.Model):
+    """A correction of a finalized invoice: invoices are never edited."""
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+    number = models.CharField(max_length=32, unique=True)
+    amount = models.DecimalField(max_digits=18, decimal_places=2)
+    reason = models.CharField(max_length=500)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=models.Q(amount__gt=0), name="credit_positive")
+        ]
+
+    def __str__(self) -> str:
+        return self.number

@@ -1,0 +1,29 @@
+"""The one rounding rule: amounts are exact Decimals until an invoice line, which is rounded
+once to the currency's minor unit, half up (0.005 -> 0.01). Ledger amounts keep 12 places."""
+
+from decimal import ROUND_HALF_UP, Decimal
+
+MILLION = Decimal(1_000_000)
+LEDGER_PLACES = Decimal("0.000000000001")
+# Minor units of the currencies an operator is likely to bill in; others default to 2.
+MINOR_UNITS = {"JPY": 0, "KRW": 0, "BHD": 3, "KWD": 3}
+
+
+def usage_amount(prompt_tokens: int, completion_tokens: int, price) -> Decimal:
+    """The exact (unrounded) cost of one request at `price` (None: an unpriced model, free)."""
+    if price is None:
+        return Decimal(0)
+    amount = (
+        prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million
+    ) / MILLION
+    return amount.quantize(LEDGER_PLACES)
+
+
+def round_line(amount: Decimal, currency: str) -> Decimal:
+    places = MINOR_UNITS.get(currency.upper(), 2)
+    return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+
+
+def to_micros(amount: Decimal) -> int:
+    """Whole millionths of the currency, for the running spend kept in Redis."""
+    return int((amount * MILLION).to_integral_value(rounding=ROUND_HALF_UP))

@@ -1,0 +1,65 @@
+"""The price book: which price applies to a tenant's use of a model at a moment."""
+
+from collections import defaultdict
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from billing.models import Price
+
+
+@transaction.atomic
+def price_set(
+    *,
+    model_id: str,
+    input_per_million: Decimal,
+    output_per_million: Decimal,
+    currency: str | None = None,
+    tenant=None,
+    effective_from: datetime | None = None,
+) -> Price:
+    """Add a price (list price, or the tenant's own) from `effective_from` (default now)."""
+    errors = {}
+    for field, value in (("input_per_million", input_per_million),
+                         ("output_per_million", output_per_million)):  # fmt: skip
+        if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
+            errors[field] = "Prices must be decimal amounts of 0 or more."
+    currency = (currency or settings.BILLING_CURRENCY).upper()
+    if len(currency) != 3 or not currency.isalpha():
+        errors["currency"] = "Currency must be a three-letter ISO code, e.g. USD."
+    if effective_from is not None and timezone.is_naive(effective_from):
+        errors["effective_from"] = "The start time needs a time zone (e.g. 2026-12-01T00:00Z)."
+    if errors:
+        raise ValidationError(errors)
+    price = Price(
+        model_id=model_id,
+        tenant=tenant,
+        currency=currency,
+        input_per_million=input_per_million,
+        output_per_million=output_per_million,
+        effective_from=effective_from or timezone.now(),
+    )
+    price.full_clean()
+    price.save()
+    return price
+
+
+class PriceBook:
+    """Prices for a set of models, loaded once, answering `price_for(tenant, model, moment)`:
+    the tenant's own latest price not after the moment, else the list price."""
+
+    def __init__(self, model_ids):
+        self._prices: dict[tuple, list[Price]] = defaultdict(list)
+        for price in Price.objects.filter(model_id__in=set(model_ids)).order_by("-effective_from"):
+            self._prices[(price.model_id, price.tenant_id)].append(price)
+
+    def price_for(self, tenant_id: int, model_id: str, moment: datetime) -> Price | None:
+        for key in ((model_id, tenant_id), (model_id, None)):
+            for price in self._prices.get(key, ()):
+                if price.effective_from <= moment:
+                    return price
+        return None

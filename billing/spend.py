@@ -1,0 +1,83 @@
+"""A tenant's running spend this month, where admission looks (Redis, or process memory in the
+embedded default), so the budget check costs no extra round trip. Kept in whole millionths of
+the currency; the ledger in PostgreSQL stays the truth and `spend_reconcile` resets from it."""
+
+import threading
+from datetime import datetime
+
+import redis
+from django.conf import settings
+from django.db.models import Sum
+from django.utils import timezone
+
+from billing import money
+from billing.models import UsageRecord
+
+
+def month_key(moment: datetime | None = None) -> str:
+    return (moment or timezone.now()).strftime("%Y-%m")
+
+
+def spend_key(tenant_id: int, month: str) -> str:
+    # Hash-tagged like the admission keys, so the admission script may read it in a cluster.
+    return f"adm:{{{tenant_id}}}:spend:{month}"
+
+
+_local: dict[str, int] = {}
+_local_lock = threading.Lock()
+_client: redis.Redis | None = None
+
+SPEND_TTL_SECONDS = 40 * 24 * 3600  # past the month's end, then gone
+
+
+def _redis() -> redis.Redis:
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+    return _client
+
+
+def spend_add(tenant_id: int, month: str, micros: int) -> None:
+    key = spend_key(tenant_id, month)
+    if settings.REDIS_URL:
+        pipe = _redis().pipeline()
+        pipe.incrby(key, micros)
+        pipe.expire(key, SPEND_TTL_SECONDS)
+        pipe.execute()
+    else:
+        with _local_lock:
+            _local[key] = _local.get(key, 0) + micros
+
+
+def spend_set(tenant_id: int, month: str, micros: int) -> None:
+    key = spend_key(tenant_id, month)
+    if settings.REDIS_URL:
+        _redis().set(key, micros, ex=SPEND_TTL_SECONDS)
+    else:
+        with _local_lock:
+            _local[key] = micros
+
+
+def spend_get_local(tenant_id: int, month: str) -> int:
+    with _local_lock:
+        return _local.get(spend_key(tenant_id, month), 0)
+
+
+def spend_get(tenant_id: int, month: str) -> int:
+    if settings.REDIS_URL:
+        return int(_redis().get(spend_key(tenant_id, month)) or 0)
+    return spend_get_local(tenant_id, month)
+
+
+def spend_reconcile(moment: datetime | None = None) -> None:
+    """Set every tenant's running spend this month from the ledger (the truth): heals a Redis
+    that lost its data and any drift."""
+    moment = moment or timezone.now()
+    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    totals = (
+        UsageRecord.objects.filter(occurred_at__gte=start, occurred_at__lte=moment)
+        .values("tenant_id")
+        .annotate(total=Sum("amount"))
+    )
+    for row in totals:
+        spend_set(row["tenant_id"], month_key(moment), money.to_micros(row["total"]))

@@ -1,0 +1,24 @@
+"""Thin Celery tasks over the billing services; idempotent, so a retry never doubles anything."""
+
+from celery import shared_task
+from django.conf import settings
+
+from billing import ledger, spend
+from billing.invoices import invoices_close_due
+
+
+@shared_task(acks_late=True, time_limit=120, ignore_result=True)
+def drain_usage_events() -> int:
+    if not settings.REDIS_URL:
+        return 0  # without Redis the ledger recorder stores events directly
+    return ledger.ledger_drain()
+
+
+@shared_task(acks_late=True, time_limit=600, ignore_result=True)
+def reconcile_spend() -> None:
+    spend.spend_reconcile()
+
+
+@shared_task(acks_late=True, time_limit=3600, ignore_result=True)
+def close_due_invoices() -> int:
+    return len(invoices_close_due())
