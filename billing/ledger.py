@@ -177,11 +177,16 @@ def ledger_drain(*, batch_size: int | None = None, max_batches: int = 100) -> in
     consumer = f"{socket.gethostname()}-{os.getpid()}"
     stored = 0
     for _ in range(max_batches):
-        _next, claimed, _deleted = client.xautoclaim(
-            STREAM, GROUP, consumer, int(settings.LEDGER_RECLAIM_IDLE_SECONDS * 1000),
-            start_id="0-0", count=batch_size,
-        )  # fmt: skip
-        entries = list(claimed)
+        # First what this consumer was given and never acknowledged (a batch that failed, e.g.
+        # while PostgreSQL was down), then what dead consumers left, then new entries.
+        mine = client.xreadgroup(GROUP, consumer, {STREAM: "0"}, count=batch_size)
+        entries = [entry for _stream, items in mine or [] for entry in items if entry[1]]
+        if len(entries) < batch_size:
+            _next, claimed, _deleted = client.xautoclaim(
+                STREAM, GROUP, consumer, int(settings.LEDGER_RECLAIM_IDLE_SECONDS * 1000),
+                start_id="0-0", count=batch_size - len(entries),
+            )  # fmt: skip
+            entries.extend(claimed)
         if len(entries) < batch_size:
             fresh = client.xreadgroup(
                 GROUP, consumer, {STREAM: ">"}, count=batch_size - len(entries)

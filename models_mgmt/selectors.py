@@ -1,9 +1,13 @@
+import logging
 import time
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from models_mgmt.models import ServedModel
 from saas_platform.threads import in_db_thread
+
+logger = logging.getLogger(__name__)
 
 
 def enabled_models():
@@ -32,7 +36,14 @@ class _CatalogCache:
 
     def get(self) -> dict[str, ServedModel]:
         if time.monotonic() - self.loaded_at > settings.CATALOG_CACHE_SECONDS:
-            self.models = {model.model_id: model for model in enabled_models()}
+            try:
+                self.models = {model.model_id: model for model in enabled_models()}
+            except DatabaseError:
+                if self.loaded_at == float("-inf"):
+                    raise
+                # Serve the catalog we have through a database outage; retry next time.
+                logger.warning("model catalog unavailable; serving the cached one")
+                return self.models
             self.loaded_at = time.monotonic()
         return self.models
 

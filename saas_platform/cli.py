@@ -6,6 +6,7 @@ import sys
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from saas_platform.errors import PlatformError
 from tenants.quotas import validation_message
 
 
@@ -40,6 +41,8 @@ class ScriptableCommand(BaseCommand):
             return super().execute(*args, **options)
         except ValidationError as error:
             raise CommandError(validation_message(error)) from None
+        except PlatformError as error:  # a service refused: its message is for the user
+            raise CommandError(error.message) from None
 
 
 def format_table(rows: list[tuple[str, ...]]) -> list[str]:

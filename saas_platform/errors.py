@@ -67,6 +67,15 @@ def error_response(error: PlatformError) -> JsonResponse:
     return response
 
 
+class ServiceUnavailable(PlatformError):
+    status = 503
+    code = "service_unavailable"
+    error_type = "server_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
 class ServerError(PlatformError):
     status = 500
     code = "server_error"

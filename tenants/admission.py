@@ -27,7 +27,7 @@ from redis.exceptions import RedisError
 from billing.money import to_micros
 from billing.spend import month_key, spend_get_local, spend_key
 from saas_platform import metrics
-from saas_platform.errors import PlatformError, RateLimited
+from saas_platform.errors import RateLimited, ServiceUnavailable
 from tenants.admission_lua import ADMIT, RELEASE, RENEW
 
 logger = logging.getLogger(__name__)
@@ -250,13 +250,8 @@ def backend() -> AdmissionBackend:
     return _backends[loop]
 
 
-class AdmissionUnavailable(PlatformError):
-    status = 503
+class AdmissionUnavailable(ServiceUnavailable):
     code = "admission_unavailable"
-    error_type = "server_error"
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
 
 
 _REFUSAL_MESSAGES = {

@@ -2,13 +2,18 @@
 key names the tenant, or the request is refused with OpenAI's error shape. It authenticates by
 itself, before any view, and adds OpenAI's x-ratelimit-* headers to every response."""
 
+import logging
+
 from asgiref.sync import markcoroutinefunction
+from django.db import DatabaseError
 
 from saas_platform import metrics
-from saas_platform.errors import PlatformError, error_response
+from saas_platform.errors import PlatformError, ServiceUnavailable, error_response
 from saas_platform.threads import in_db_thread
 from tenants import services
 from tenants.admission import rate_limit_headers
+
+logger = logging.getLogger(__name__)
 
 API_PREFIX = "/v1/"
 
@@ -41,6 +46,9 @@ class TenantMiddleware:
         except PlatformError as error:
             metrics.REFUSALS.labels(reason=error.code).inc()
             return error_response(error)
+        except DatabaseError:
+            logger.exception("key lookup failed: database unavailable")
+            return error_response(ServiceUnavailable("The service is briefly unavailable."))
         request.tenant = found.tenant
         request.api_key = found.api_key
         request.admission_decision = None

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from tenants import apikeys
@@ -107,8 +107,10 @@ def tenant_resume(*, tenant: Tenant) -> Tenant:
 
 
 def tenant_has_usage(tenant: Tenant) -> bool:
-    """Whether any of the tenant's keys was ever used (the ledger refines this in billing)."""
-    return tenant.api_keys.filter(last_used_at__isnull=False).exists()
+    """Whether the tenant ever used the platform: a key was used or the ledger has its usage."""
+    from billing.selectors import tenant_has_ledger  # billing's models refer to Tenant
+
+    return tenant.api_keys.filter(last_used_at__isnull=False).exists() or tenant_has_ledger(tenant)
 
 
 @transaction.atomic
@@ -201,7 +203,13 @@ def _mark_used(api_key: ApiKey, now: datetime) -> None:
     # only the first request of the interval reaches the database.
     interval = settings.APIKEY_LAST_USED_INTERVAL_SECONDS
     if cache.add(f"apikey:used:{api_key.pk}", 1, timeout=interval):
-        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        try:
+            ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        except DatabaseError:
+            # Best effort: a database outage must not fail requests that need nothing else
+            # from it; the next interval writes it again.
+            logger.warning("could not record last use of %s", api_key.display_prefix)
+            return
         api_key.last_used_at = now
 
 
