@@ -25,6 +25,7 @@ from billing.models import DailyUsage, UsageRecord
 from billing.pricing import PriceBook
 from billing.usage import UsageEvent
 from saas_platform import metrics
+from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,18 @@ def ledger_store(events: list[UsageEvent]) -> StoreResult:
             logger.error(
                 "usage event %s refused: a different payload is already stored", request_id
             )
+    known = set(
+        Tenant.objects.filter(pk__in={int(e.tenant_id) for e in by_id.values()}).values_list(
+            "pk", flat=True
+        )
+    )
+    for request_id, event in list(by_id.items()):
+        if int(event.tenant_id) not in known:
+            # Its tenant was deleted while the event was in flight (a tenant without usage).
+            # Logged whole, so nothing vanishes silently; it cannot be stored.
+            del by_id[request_id]
+            metrics.LEDGER_ORPHANS.inc()
+            logger.error("usage event for an unknown tenant dropped: %s", event.to_dict())
     book = PriceBook({event.model for event in by_id.values()})
     records = [_record(event, book) for event in by_id.values()]
     with transaction.atomic():

@@ -32,6 +32,9 @@ UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Engine failures by k
 LATENCY = Histogram("gateway_request_seconds", "Time from request to last byte", ["endpoint"])
 
 LEDGER_STORED = Counter("billing_ledger_events_stored_total", "Usage events stored in the ledger")
+LEDGER_ORPHANS = Counter(
+    "billing_ledger_orphans_total", "Usage events dropped: their tenant no longer exists"
+)
 LEDGER_CONFLICTS = Counter(
     "billing_ledger_conflicts_total", "Usage events refused: same request id, different payload"
 )

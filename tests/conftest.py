@@ -16,6 +16,9 @@ from tenants.models import Membership
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The real gateway, engines and their fixtures, for every test folder.
+pytest_plugins = ["tests.gateway"]
+
 
 @pytest.fixture(autouse=True)
 def _clear_cache():

@@ -5,7 +5,7 @@ import asyncio
 
 import httpx
 
-from tests.inference.conftest import fake_model, make_customer
+from tests.gateway import fake_model, make_customer
 
 HI = [{"role": "user", "content": "hi"}]
 

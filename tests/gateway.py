@@ -1,6 +1,6 @@
-"""The gateway under test, as production runs it: uvicorn with several worker processes, on the
-test database and Redis, in front of a fake engine, llama.cpp's own server and the local
-engine."""
+"""Fixtures: the gateway under test, as production runs it (uvicorn with several worker
+processes, on the test database and Redis) in front of a fake engine, llama.cpp's own server
+and the local engine."""
 
 import json
 import os

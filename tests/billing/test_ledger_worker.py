@@ -1,0 +1,165 @@
+"""The ledger path end to end: gateway -> Redis stream -> a real Celery worker -> PostgreSQL,
+through a worker killed mid-batch and a PostgreSQL restart, losing and doubling nothing."""
+
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from decimal import Decimal
+
+import httpx
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from billing.ledger import LedgerRecorder
+from billing.models import UsageRecord
+from billing.pricing import price_set
+from tests.billing.factories import event
+from tests.gateway import gateway_env, make_customer
+from tests.servers import ROOT, free_port, gateway_command, running
+
+HI = [{"role": "user", "content": "hi"}]
+BROKER = "redis://127.0.0.1:6379/12"
+
+
+def wait_for_rows(count: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = UsageRecord.objects.count()
+        if stored >= count or time.monotonic() > deadline:
+            time.sleep(0.5)  # a duplicate, if there were one, would show now
+            return UsageRecord.objects.count()
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def celery_worker(tmp_path):
+    """A real Celery worker with its beat, which drains the stream every second."""
+    env = gateway_env(CELERY_BROKER_URL=BROKER, LEDGER_RECLAIM_IDLE_SECONDS="1")
+    command = [sys.executable, "-m", "celery", "-A", "saas_platform", "worker", "-B",
+               "--concurrency", "1", "--loglevel", "WARNING",
+               "--schedule", str(tmp_path / "beat-schedule")]  # fmt: skip
+    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+    yield worker
+    worker.terminate()
+    worker.wait(timeout=20)
+    log.close()
+
+
+def test_gateway_usage_reaches_the_ledger_priced_through_a_celery_worker(
+    gateway, catalog, celery_worker
+):
+    # From a minute ago: events carry whole seconds, as the seed's UsageEvent does.
+    since = timezone.now() - timedelta(minutes=1)
+    price_set(model_id="fake", input_per_million=Decimal(10), output_per_million=Decimal(20),
+              effective_from=since)  # fmt: skip
+    customer = make_customer(gateway)
+    headers = {"Authorization": f"Bearer {customer.key}"}
+
+    responses = [
+        httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            headers=headers,
+            json={"model": "fake", "messages": HI},
+            timeout=30,
+        )
+        for _ in range(10)
+    ]
+
+    assert [r.status_code for r in responses] == [200] * 10
+    assert wait_for_rows(10) == 10
+    records = UsageRecord.objects.filter(tenant=customer.tenant)
+    assert {r.request_id for r in records} == {r.headers["x-request-id"] for r in responses}
+    # the fake engine reports 10 prompt and 5 completion tokens
+    assert all(r.amount == Decimal("0.0002") for r in records)
+
+
+def _drain(crash_at: str | None, env: dict) -> subprocess.CompletedProcess:
+    if crash_at:
+        env = dict(env, LEDGER_CRASH_AT=crash_at)
+    return subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c",
+         "from billing.ledger import ledger_drain; print(ledger_drain())"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("crash_at", ["before_commit", "after_commit"])
+def test_a_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(
+    transactional_db, acme, crash_at
+):
+    recorder = LedgerRecorder()
+    events = [event(acme) for _ in range(25)]
+    for usage in events:
+        recorder.record(usage)
+    env = gateway_env(LEDGER_RECLAIM_IDLE_SECONDS="0")
+
+    crashed = _drain(crash_at, env)
+    stored_by_crashed = UsageRecord.objects.count()
+    recovered = _drain(None, env)
+
+    assert crashed.returncode == 137  # died as under SIGKILL, no clean-up
+    assert stored_by_crashed == (25 if crash_at == "after_commit" else 0)
+    assert recovered.returncode == 0, recovered.stderr
+    assert UsageRecord.objects.count() == 25
+    assert set(UsageRecord.objects.values_list("request_id", flat=True)) == {
+        e.request_id for e in events
+    }
+    assert recorder.client.xpending("usage:events", "ledger")["pending"] == 0
+
+
+def _postgres(action: str) -> None:
+    clusters = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True,
+                              check=True).stdout.split()  # fmt: skip
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", clusters[0], clusters[1],
+                    action], check=True, capture_output=True, timeout=60)  # fmt: skip
+
+
+def test_postgresql_restarting_during_a_burst_loses_nothing(gateway, catalog, tmp_path):
+    connections.close_all()
+    customer = make_customer(gateway)
+    headers = {"Authorization": f"Bearer {customer.key}"}
+    port = free_port()
+    env = gateway_env(APIKEY_CACHE_SECONDS="300", CATALOG_CACHE_SECONDS="300")
+    server = running(gateway_command(port, workers=1), env=env, log=tmp_path / "gw.log",
+                     ready_url=f"http://127.0.0.1:{port}/healthz")  # fmt: skip
+    worker_env = dict(env, CELERY_BROKER_URL=BROKER, LEDGER_RECLAIM_IDLE_SECONDS="1")
+    worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "saas_platform", "worker", "-B", "--concurrency",
+         "1", "--loglevel", "WARNING", "--schedule", str(tmp_path / "beat")],
+        cwd=ROOT, env=worker_env, stdout=worker_log, stderr=worker_log,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    body = {"model": "fake", "messages": HI}
+    ids = []
+    try:
+        with server:
+            warm = httpx.post(url, headers=headers, json=body, timeout=30)  # caches key, catalog
+            ids.append(warm.headers["x-request-id"])
+            connections.close_all()
+            _postgres("stop")
+            try:
+                during = [
+                    httpx.post(url, headers=headers, json=body, timeout=30) for _ in range(15)
+                ]
+            finally:
+                _postgres("start")
+            ids += [r.headers["x-request-id"] for r in during]
+            deadline = time.monotonic() + 30
+            while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode != 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            connections.close_all()
+            stored = wait_for_rows(16, timeout=40)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
+        worker_log.close()
+
+    assert warm.status_code == 200
+    assert [r.status_code for r in during] == [200] * 15  # served while PostgreSQL was down
+    assert stored == 16
+    assert set(UsageRecord.objects.values_list("request_id", flat=True)) == set(ids)
