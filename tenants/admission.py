@@ -62,6 +62,7 @@ _REASONS = {
     -2: "requests_per_minute",
     -3: "too_large",
     -4: "tokens_per_minute",
+    -5: "budget",
 }
 
 
