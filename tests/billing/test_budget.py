@@ -44,7 +44,8 @@ def test_no_budget_means_no_budget_check(gateway, catalog):
     customer = make_customer(gateway)
     spend.spend_set(customer.tenant.pk, spend.month_key(), 10**15)
 
-    response = httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "fake", "messages": HI},
+    response = httpx.post(f"{gateway.url}/v1/chat/completions",
+                          json={"model": "fake", "messages": HI},
                           headers={"Authorization": f"Bearer {customer.key}"})  # fmt: skip
 
     assert response.status_code == 200
