@@ -7,15 +7,18 @@ claims and stores it again: `request_id` makes that second write a no-op. Withou
 embedded default) the recorder stores events directly.
 """
 
+import asyncio
 import json
 import logging
 import os
 import socket
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import redis
+import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Sum
@@ -25,6 +28,7 @@ from billing.models import DailyUsage, UsageRecord
 from billing.pricing import PriceBook
 from billing.usage import UsageEvent
 from saas_platform import metrics
+from saas_platform.threads import in_db_thread
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -145,16 +149,31 @@ def _redis() -> redis.Redis:
 
 class LedgerRecorder:
     """The UsageRecorder for the ledger: appends the event to the Redis stream (the durable
-    buffer), or without Redis stores it at once."""
+    buffer), or without Redis stores it at once. `arecord` is the gateway's direct path."""
 
     def __init__(self):
         self.client = _redis() if settings.REDIS_URL else None
+        self._async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def record(self, event: UsageEvent) -> None:
         if self.client is None:
             ledger_store([event])
             return
         self.client.xadd(STREAM, {"event": _encode(event)})
+
+    async def arecord(self, event: UsageEvent) -> None:
+        if self.client is None:
+            await _store_in_thread([event])
+            return
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=1)
+            self._async_clients[loop] = client
+        await client.xadd(STREAM, {"event": _encode(event)})
+
+
+_store_in_thread = in_db_thread(lambda events: ledger_store(events))
 
 
 def _encode(event: UsageEvent) -> str:

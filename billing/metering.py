@@ -67,7 +67,7 @@ class UsageMeter:
         metrics.LATENCY.labels(endpoint=self.endpoint).observe(time.monotonic() - self.started)
         if not self.admitted:
             return
-        publisher().publish(
+        await publisher().publish(
             UsageEvent(
                 request_id=self.request_id,
                 tenant_id=str(self.tenant_id),

@@ -6,6 +6,7 @@ background thread hands to every configured recorder, retrying a recorder that f
 backoff) and counting failures in metrics. The billing issue adds the durable ledger recorder.
 """
 
+import asyncio
 import fcntl
 import json
 import logging
@@ -74,10 +75,14 @@ def configured_recorders() -> list[UsageRecorder]:
 
 
 class UsagePublisher:
-    """Hands events to the recorders from a background thread. A recorder that fails is retried
-    with backoff until it takes the event; the others are not held up by it."""
+    """Hands events to the recorders. A recorder with an async `arecord` (the ledger's Redis
+    stream) takes the event at once, before the response's last bytes leave, so a process killed
+    right after answering loses nothing; if that fails or is slow, and for every other recorder,
+    a background thread delivers it, retrying with backoff until the recorder takes it. No
+    recorder holds up another."""
 
     MAX_BACKOFF_SECONDS = 30.0
+    DIRECT_TIMEOUT_SECONDS = 0.5
 
     def __init__(self, recorders: list[UsageRecorder]):
         self._queues = [(recorder, queue.SimpleQueue()) for recorder in recorders]
@@ -88,9 +93,19 @@ class UsagePublisher:
         for thread in self._threads:
             thread.start()
 
-    def publish(self, event: UsageEvent) -> None:
+    async def publish(self, event: UsageEvent) -> None:
         metrics.USAGE_EVENTS.inc()
-        for _recorder, pending in self._queues:
+        for recorder, pending in self._queues:
+            record_now = getattr(recorder, "arecord", None)
+            if record_now is not None:
+                try:
+                    async with asyncio.timeout(self.DIRECT_TIMEOUT_SECONDS):
+                        await record_now(event)
+                    continue
+                except Exception:  # noqa: BLE001 - any failure falls back to the retrying thread
+                    name = type(recorder).__name__
+                    metrics.USAGE_RECORDER_FAILURES.labels(recorder=name).inc()
+                    logger.warning("usage recorder %s failed; retrying in the background", name)
             pending.put(event)
 
     def pending(self) -> int:

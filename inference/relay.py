@@ -123,6 +123,9 @@ async def relay_stream(
             chunk["model"] = model.model_id
             yield _event(chunk)
         await tally.settle(meter)
+        # Release and record before the last bytes go out: a client that has read [DONE] has
+        # been billed, even if this process dies the next instant.
+        await meter.finish_shielded(status=200)
         if request.include_usage:
             yield _event(
                 {

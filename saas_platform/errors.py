@@ -84,7 +84,7 @@ class ServerError(PlatformError):
 
 def server_error(request, *args, **kwargs):
     """handler500: API clients get OpenAI's error shape, people get Django's page."""
-    if request.path.startswith("/v1/"):
+    if request.path.startswith(("/v1/", "/api/")):
         return error_response(ServerError("The server had an error processing your request."))
     from django.views.defaults import server_error as page
 
