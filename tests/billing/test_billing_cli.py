@@ -82,3 +82,32 @@ def test_invoices_close_list_and_credit(manage, acme, globex):
 def test_invoices_bad_input(manage, acme, args, expected):
     assert expected in one_line_error(manage("invoices", *args))
     assert not Invoice.objects.exists()
+
+
+def test_invoices_export_writes_one_file_per_tenant_in_each_format(manage, acme, globex, tmp_path):
+    store(event(acme, at=datetime(2026, 10, 5, tzinfo=UTC)))
+    assert manage("invoices", "close", "--period", "2026-10", "--tenant", "acme").returncode == 0
+
+    written = {}
+    for fmt in ("csv", "json", "pdf"):
+        result = manage("invoices", "export", "--period", "2026-10", "--format", fmt,
+                        "--out", str(tmp_path / fmt))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        written[fmt] = sorted(p.name for p in (tmp_path / fmt).iterdir())
+
+    number = Invoice.objects.get(tenant=acme).number
+    assert written["csv"] == [f"acme-2026-10-{number}.csv", "globex-2026-10-draft.csv"]
+    assert [n.rsplit(".", 1)[0] for n in written["pdf"]] == [
+        n.rsplit(".", 1)[0] for n in written["json"]
+    ]
+    assert "draft" in (tmp_path / "json" / "globex-2026-10-draft.json").read_text()
+
+
+def test_invoices_export_to_an_unwritable_place_is_one_line(manage, acme, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+
+    result = manage("invoices", "export", "--period", "2026-10", "--format", "csv",
+                    "--out", str(blocker / "sub"))  # fmt: skip
+
+    assert "cannot write to" in one_line_error(result)
