@@ -122,10 +122,8 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- Usage events: optional NDJSON file each event is appended to, and recorder classes.
 USAGE_NDJSON_PATH = env_str("USAGE_NDJSON_PATH")
-# With Redis, the ledger recorder is on by default: events reach PostgreSQL through its stream.
-USAGE_RECORDERS = env_list(
-    "USAGE_RECORDERS", ["billing.ledger.LedgerRecorder"] if REDIS_URL else []
-)
+# The ledger recorder: through a Redis stream with REDIS_URL, else straight to the database.
+USAGE_RECORDERS = env_list("USAGE_RECORDERS", ["billing.ledger.LedgerRecorder"])
 
 # --- Billing.
 BILLING_CURRENCY = env_str("BILLING_CURRENCY", "USD").upper()

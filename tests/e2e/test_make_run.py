@@ -47,3 +47,10 @@ def test_make_run_seeds_serves_and_its_printed_examples_work(tmp_path):
         "smollm2-135m-instruct",
     ]
     assert "http://127.0.0.1:" in output
+    # the embedded default stores usage straight in its database
+    ledger = subprocess.run(
+        [str(ROOT / ".venv/bin/python"), "manage.py", "shell", "-c",
+         "from billing.models import UsageRecord; print(UsageRecord.objects.count())"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ledger.stdout.strip().splitlines()[-1] == "2", ledger.stderr
