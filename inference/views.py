@@ -11,8 +11,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from inference import parsing, relay
 from inference.parsing import Endpoint, InvalidRequest, RequestTooLarge
-from models_mgmt.engines import engine_for
 from models_mgmt.models import ServedModel
+from models_mgmt.routing import engine_for_request
 from models_mgmt.selectors import acatalog
 from saas_platform.errors import PlatformError, RateLimited, error_response
 from tenants import admission
@@ -87,9 +87,11 @@ async def _serve(request, endpoint: Endpoint):
         await lease.release(finished_meter.total_tokens)
 
     meter.admit(model=model.model_id, on_finish=release)
-    engine = engine_for(model)
     forwarded = relay.forwarded_body(parsed, model)
     try:
+        engine, finished = await engine_for_request(model)
+        if finished is not None:
+            meter.before_publish(lambda _meter: finished())
         if parsed.stream:
             chunks = await engine.open_stream(endpoint, forwarded)
             return StreamingHttpResponse(

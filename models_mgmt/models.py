@@ -7,12 +7,15 @@ from tenants.quotas import MODEL_ID_MAX_LENGTH
 class ServedModel(models.Model):
     """A model in the catalog: the public id tenants ask for, and the engine that serves it.
 
-    The model-management issue adds nodes and placements; for now a model has one engine.
+    `openai` and `local` models are served where they already run. A `process` model is loaded
+    onto a node by that node's worker, which starts an engine server from the command template
+    in `engine_settings` (e.g. llama.cpp's server); the gateway routes to its placements.
     """
 
     class Engine(models.TextChoices):
         OPENAI = "openai", "OpenAI-compatible server"
         LOCAL = "local", "Built-in local engine"
+        PROCESS = "process", "Engine process started on a node"
 
     class Task(models.TextChoices):
         CHAT = "chat", "Chat and completions"
@@ -31,6 +34,15 @@ class ServedModel(models.Model):
         "name or a GGUF file path.",
     )
     vram_bytes = models.PositiveBigIntegerField(default=0)
+    engine_settings = models.JSONField(
+        default=dict, blank=True,
+        help_text="For process engines: {\"command\": template with {python} {path} {port} "
+        "{host}, \"path\": the weights}.",
+    )  # fmt: skip
+    pinned = models.BooleanField(default=False, help_text="Never evicted once loaded.")
+    keep_alive_seconds = models.PositiveIntegerField(
+        default=900, help_text="Unloaded after this long without requests (0: never)."
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -43,3 +55,61 @@ class ServedModel(models.Model):
     @property
     def engine_model_name(self) -> str:
         return self.upstream_model or self.model_id
+
+
+class Node(models.Model):
+    """A GPU node: its worker consumes the Celery queue `node.<name>` and owns its engines."""
+
+    name = models.SlugField(max_length=63, unique=True)
+    vram_budget_bytes = models.PositiveBigIntegerField()
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def queue(self) -> str:
+        return f"node.{self.name}"
+
+
+class Placement(models.Model):
+    """A model on a node, from the request to load it until it is unloaded (then the row goes;
+    a failed one stays, with its reason, until the next attempt)."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        LOADING = "loading", "Loading"
+        READY = "ready", "Ready"
+        DRAINING = "draining", "Draining"
+        UNLOADING = "unloading", "Unloading"
+        FAILED = "failed", "Failed"
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="placements")
+    model = models.ForeignKey(ServedModel, on_delete=models.CASCADE, related_name="placements")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    endpoint_url = models.URLField(max_length=500, blank=True)
+    vram_bytes = models.PositiveBigIntegerField(default=0)
+    pinned = models.BooleanField(default=False)
+    failure = models.TextField(blank=True)
+    loaded_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["node__name", "model__model_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["node", "model"], name="placement_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} on {self.node} ({self.state})"
+
+    @property
+    def holds_memory(self) -> bool:
+        return self.state in {self.State.LOADING, self.State.READY, self.State.DRAINING,
+                              self.State.UNLOADING}  # fmt: skip

@@ -22,10 +22,17 @@ def model_register(
     upstream_model: str = "",
     vram_bytes: int = 0,
     task: str | None = None,
+    command: str = "",
+    path: str = "",
+    keep_alive_seconds: int | None = None,
 ) -> ServedModel:
     """Add a model to the catalog, or update the one with this id."""
     if engine == ServedModel.Engine.OPENAI and not base_url:
         raise ValidationError({"base_url": "The openai engine needs the server's base URL."})
+    if engine == ServedModel.Engine.PROCESS and "{port}" not in command:
+        raise ValidationError(
+            {"engine_settings": "The process engine needs --command with a {port} placeholder."}
+        )
     if engine == ServedModel.Engine.LOCAL:
         upstream_model = upstream_model or "smollm2"
         if task is None:
@@ -38,8 +45,20 @@ def model_register(
     model.upstream_model = upstream_model
     model.vram_bytes = vram_bytes
     model.task = task or ServedModel.Task.CHAT
+    model.engine_settings = {"command": command, "path": path} if command else {}
+    if keep_alive_seconds is not None:
+        model.keep_alive_seconds = keep_alive_seconds
     model.enabled = True
     model.full_clean()
     model.save()
     logger.info("model registered: %s (%s)", model.model_id, model.engine)
+    return model
+
+
+@transaction.atomic
+def model_set_pinned(*, model: ServedModel, pinned: bool) -> ServedModel:
+    """Pin (never evicted where loaded) or unpin a model, on every node it is placed on."""
+    model.pinned = pinned
+    model.save(update_fields=["pinned"])
+    model.placements.update(pinned=pinned)
     return model

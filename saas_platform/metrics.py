@@ -32,6 +32,12 @@ UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Engine failures by k
 LATENCY = Histogram("gateway_request_seconds", "Time from request to last byte", ["endpoint"])
 
 LEDGER_STORED = Counter("billing_ledger_events_stored_total", "Usage events stored in the ledger")
+LOADS = Counter("models_loads_total", "Models loaded, per node", ["node"])
+EVICTIONS = Counter(
+    "models_evictions_total", "Models unloaded, per node and reason", ["node", "reason"]
+)
+LOAD_SECONDS = Histogram("models_load_seconds", "Time to load a model")
+COLD_START_WAITS = Histogram("gateway_cold_start_wait_seconds", "Requests' waits for a load")
 LEDGER_ORPHANS = Counter(
     "billing_ledger_orphans_total", "Usage events dropped: their tenant no longer exists"
 )

@@ -118,12 +118,27 @@ CELERY_BEAT_SCHEDULE = {
     "spend-reconcile": {"task": "billing.tasks.reconcile_spend", "schedule": 300.0},
     # Close last month's invoices once the grace period for late events has passed.
     "invoices-close-due": {"task": "billing.tasks.close_due_invoices", "schedule": 3600.0},
+    # Each node's heartbeat and idle eviction, on its own queue.
+    "node-ticks": {"task": "models_mgmt.tasks.schedule_node_ticks", "schedule": 15.0},
 }
 
 # --- Usage events: optional NDJSON file each event is appended to, and recorder classes.
 USAGE_NDJSON_PATH = env_str("USAGE_NDJSON_PATH")
 # The ledger recorder: through a Redis stream with REDIS_URL, else straight to the database.
 USAGE_RECORDERS = env_list("USAGE_RECORDERS", ["billing.ledger.LedgerRecorder"])
+
+# --- Model management.
+# Where each node's worker keeps the records of the engine processes it started.
+NODE_STATE_DIR = env_str("NODE_STATE_DIR", str(VAR_DIR / "nodes"))
+# This worker's node (it consumes the Celery queue node.<NODE_NAME>); unset on gateways.
+NODE_NAME = env_str("NODE_NAME")
+NODE_HEARTBEAT_TIMEOUT_SECONDS = env_int("NODE_HEARTBEAT_TIMEOUT_SECONDS", 60, minimum=1)
+# A model just loaded is not evicted for this long unless nothing else can make room.
+MIN_RESIDENCY_SECONDS = env_int("MIN_RESIDENCY_SECONDS", 60, minimum=0)
+# How long an unload waits for requests in flight before stopping the engine anyway.
+DRAIN_TIMEOUT_SECONDS = env_int("DRAIN_TIMEOUT_SECONDS", 120, minimum=0)
+# How long a request for a model that is not loaded anywhere waits for a load (then 503).
+ROUTING_LOAD_WAIT_SECONDS = env_int("ROUTING_LOAD_WAIT_SECONDS", 120, minimum=0)
 
 # --- Billing.
 BILLING_CURRENCY = env_str("BILLING_CURRENCY", "USD").upper()

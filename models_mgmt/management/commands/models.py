@@ -1,10 +1,30 @@
-from models_mgmt import services
-from models_mgmt.models import ServedModel
+from django.core.management.base import CommandError
+
+from models_mgmt import placements, services
+from models_mgmt.live import live_state
+from models_mgmt.models import Node, ServedModel
+from models_mgmt.tasks import evict_model
 from saas_platform.cli import ScriptableCommand, format_table
 
 
+def get_model(model_id: str) -> ServedModel:
+    model = ServedModel.objects.filter(model_id=model_id).first()
+    if model is None:
+        raise CommandError(f"no model {model_id!r} in the catalog")
+    return model
+
+
+def get_node(name: str | None) -> Node | None:
+    if name is None:
+        return None
+    node = Node.objects.filter(name=name).first()
+    if node is None:
+        raise CommandError(f"no node named {name!r}")
+    return node
+
+
 class Command(ScriptableCommand):
-    help = "Register and list the models tenants can call."
+    help = "Register, load, evict, pin and list the models tenants can call."
 
     def add_arguments(self, parser):
         actions = self.add_actions(parser)
@@ -20,7 +40,24 @@ class Command(ScriptableCommand):
         )  # fmt: skip
         register.add_argument("--vram-bytes", type=int, default=0, metavar="N")
         register.add_argument("--task", choices=ServedModel.Task.values)
+        register.add_argument(
+            "--command", default="",
+            help="process engine: the server's command, with {port} (and {python} {path} {host})",
+        )  # fmt: skip
+        register.add_argument("--path", default="", help="process engine: the weights' path")
+        register.add_argument("--keep-alive", type=int, metavar="SECONDS",
+                              help="unload after this long idle (0: never)")  # fmt: skip
         actions.add_parser("list", help="list the catalog")
+        load = actions.add_parser("load", help="ask a node's worker to load a model")
+        load.add_argument("model_id", metavar="MODEL")
+        load.add_argument("--node", help="the node (default: the one with the most room)")
+        load.add_argument("--pin", action="store_true", help="never evict it there")
+        evict = actions.add_parser("evict", help="unload a model once its requests have ended")
+        evict.add_argument("model_id", metavar="MODEL")
+        evict.add_argument("--node", help="only this node (default: every node it is on)")
+        for name, text in [("pin", "never evict the model"), ("unpin", "let it be evicted")]:
+            actions.add_parser(name, help=text).add_argument("model_id", metavar="MODEL")
+        actions.add_parser("status", help="per node: used and budget bytes, each model's state")
 
     def handle_register(self, options):
         model = services.model_register(
@@ -30,21 +67,64 @@ class Command(ScriptableCommand):
             upstream_model=options["upstream_model"],
             vram_bytes=options["vram_bytes"],
             task=options["task"],
+            command=options["command"],
+            path=options["path"],
+            keep_alive_seconds=options["keep_alive"],
         )
         self.stdout.write(f"registered {model.model_id} ({model.engine}, {model.task})")
 
     def handle_list(self, options):
-        rows = [("MODEL", "ENGINE", "TASK", "ENABLED", "UPSTREAM")]
+        rows = [("MODEL", "ENGINE", "TASK", "ENABLED", "PINNED", "UPSTREAM")]
         for model in ServedModel.objects.all():
             upstream = f"{model.base_url} {model.engine_model_name}".strip()
-            rows.append(
-                (
-                    model.model_id,
-                    model.engine,
-                    model.task,
-                    "yes" if model.enabled else "no",
-                    upstream,
-                )
-            )
+            rows.append((model.model_id, model.engine, model.task,
+                         "yes" if model.enabled else "no", "yes" if model.pinned else "no",
+                         upstream))  # fmt: skip
+        for line in format_table(rows):
+            self.stdout.write(line)
+
+    def handle_load(self, options):
+        model = get_model(options["model_id"])
+        node = placements.placement_request_load(
+            model=model, node=get_node(options["node"]), pin=options["pin"]
+        )
+        self.stdout.write(f"load of {model.model_id} queued on {node.name}")
+
+    def handle_evict(self, options):
+        model = get_model(options["model_id"])
+        node = get_node(options["node"])
+        targets = model.placements.select_related("node")
+        if node is not None:
+            targets = targets.filter(node=node)
+        if not targets:
+            raise CommandError(f"{model.model_id} is not loaded on any node")
+        for placement in targets:
+            evict_model.apply_async(args=[placement.node.name, model.model_id],
+                                    queue=placement.node.queue)  # fmt: skip
+            self.stdout.write(f"evict of {model.model_id} queued on {placement.node.name}")
+
+    def handle_pin(self, options):
+        services.model_set_pinned(model=get_model(options["model_id"]), pinned=True)
+        self.stdout.write(f"pinned {options['model_id']}")
+
+    def handle_unpin(self, options):
+        services.model_set_pinned(model=get_model(options["model_id"]), pinned=False)
+        self.stdout.write(f"unpinned {options['model_id']}")
+
+    def handle_status(self, options):
+        live = live_state()
+        rows = [("NODE", "USED/BUDGET", "MODEL", "STATE", "IN FLIGHT", "LAST USED", "NOTE")]
+        for node in Node.objects.prefetch_related("placements__model"):
+            used = sum(p.vram_bytes for p in node.placements.all() if p.holds_memory)
+            bytes_column = f"{used}/{node.vram_budget_bytes}"
+            if not node.placements.all():
+                rows.append((node.name, bytes_column, "-", "-", "-", "-", ""))
+            for placement in node.placements.all():
+                model_id = placement.model.model_id
+                last = live.last_used_ms(model_id, node.name)
+                rows.append((node.name, bytes_column, model_id, placement.state,
+                             str(live.in_flight(model_id, node.name)),
+                             "-" if last is None else f"{last // 1000}",
+                             placement.failure[:60]))  # fmt: skip
         for line in format_table(rows):
             self.stdout.write(line)

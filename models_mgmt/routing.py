@@ -1,0 +1,74 @@
+"""Routing for the gateway: which engine serves a request for a model.
+
+`openai` and `local` models are served where they are. A `process` model goes to a node where
+it is ready, the one with the fewest requests in flight (one Redis call, which also counts the
+request); if none has it, the gateway asks for a load and waits up to ROUTING_LOAD_WAIT_SECONDS,
+else answers 503 with Retry-After.
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from models_mgmt import placements
+from models_mgmt.engines import engine_for
+from models_mgmt.engines.errors import EngineError
+from models_mgmt.engines.openai_compat import OpenAICompatibleEngine
+from models_mgmt.live import live_state
+from models_mgmt.models import Placement, ServedModel
+from saas_platform import metrics
+from saas_platform.threads import in_db_thread
+
+LOAD_POLL_SECONDS = 0.2
+
+
+class ModelNotReady(EngineError):
+    status = 503
+    code = "model_not_ready"
+    error_type = "server_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "10"}
+
+
+def _request_load(model: ServedModel) -> None:
+    """Ask for a load unless one is already under way: concurrent requests for a cold model
+    share one load."""
+    recent = timezone.now() - timedelta(seconds=settings.ROUTING_LOAD_WAIT_SECONDS)
+    pending = Placement.objects.filter(
+        model=model, state__in=[Placement.State.QUEUED, Placement.State.LOADING],
+        updated_at__gte=recent,
+    )  # fmt: skip
+    if not pending.exists():
+        placements.placement_request_load(model=model)
+
+
+_request_load_async = in_db_thread(_request_load)
+
+
+async def engine_for_request(model: ServedModel) -> tuple[object, Callable[[], Awaitable] | None]:
+    """The engine for one request, and what to call when the request has ended."""
+    if model.engine != ServedModel.Engine.PROCESS:
+        return engine_for(model), None
+    live = live_state()
+    route = await live.route(model.model_id)
+    if route is None:
+        started = time.monotonic()
+        await _request_load_async(model)
+        deadline = started + settings.ROUTING_LOAD_WAIT_SECONDS
+        while route is None and time.monotonic() < deadline:
+            await asyncio.sleep(LOAD_POLL_SECONDS)
+            route = await live.route(model.model_id)
+        metrics.COLD_START_WAITS.observe(time.monotonic() - started)
+        if route is None:
+            raise ModelNotReady(f"The model '{model.model_id}' is loading. Retry shortly.")
+    node, endpoint = route
+
+    async def finished() -> None:
+        await live.finished(model.model_id, node)
+
+    return OpenAICompatibleEngine(base_url=endpoint), finished

@@ -1,0 +1,53 @@
+"""Node tasks: thin, idempotent, acks_late; each runs on its node's queue (`node.<name>`)."""
+
+from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
+from django.utils import timezone
+
+from models_mgmt import placements
+from models_mgmt.live import live_state
+from models_mgmt.models import Node, Placement
+
+RETRY = {"autoretry_for": (ConnectionError, OSError), "retry_backoff": True, "max_retries": 3}
+
+
+@shared_task(acks_late=True, time_limit=900, ignore_result=True, **RETRY)
+def load_model(node_name: str, model_id: str, pin: bool = False) -> None:
+    placements.placement_load(node_name=node_name, model_id=model_id, pin=pin)
+
+
+@shared_task(acks_late=True, time_limit=900, ignore_result=True, **RETRY)
+def evict_model(node_name: str, model_id: str) -> None:
+    placements.placement_evict(node_name=node_name, model_id=model_id)
+
+
+@shared_task(acks_late=True, time_limit=300, ignore_result=True)
+def node_tick(node_name: str) -> None:
+    """Heartbeat, then unload models idle past their keep-alive."""
+    placements.node_heartbeat(node_name=node_name)
+    live = live_state()
+    now_ms = timezone.now().timestamp() * 1000
+    ready = Placement.objects.filter(node__name=node_name, state=Placement.State.READY,
+                                     pinned=False).select_related("model")  # fmt: skip
+    for placement in ready:
+        keep_alive = placement.model.keep_alive_seconds
+        last = live.last_used_ms(placement.model.model_id, node_name)
+        idle = last is not None and now_ms - last > keep_alive * 1000
+        if keep_alive and idle and live.in_flight(placement.model.model_id, node_name) == 0:
+            placements.placement_evict(node_name=node_name, model_id=placement.model.model_id)
+
+
+@shared_task(ignore_result=True)
+def schedule_node_ticks() -> None:
+    """Beat runs this on the default queue; each node's tick runs on its own queue."""
+    for node in Node.objects.filter(enabled=True):
+        node_tick.apply_async(args=[node.name], queue=node.queue, expires=60)
+
+
+@worker_ready.connect
+def _reconcile_on_start(**_kwargs) -> None:
+    # A worker killed mid-load left a placement half done or an engine nobody accounts for.
+    if settings.NODE_NAME and Node.objects.filter(name=settings.NODE_NAME).exists():
+        placements.placement_reconcile(node_name=settings.NODE_NAME, restarted=True)
+        placements.node_heartbeat(node_name=settings.NODE_NAME)
