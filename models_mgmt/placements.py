@@ -241,7 +241,23 @@ def node_add(*, name: str, vram_bytes: int) -> Node:
 
 
 def node_heartbeat(*, node_name: str) -> None:
+    """The node is alive: record it, and route to its ready models again (if a silence had
+    withdrawn them)."""
     Node.objects.filter(name=node_name).update(last_heartbeat=datetime.now(tz=UTC))
+    ready = Placement.objects.filter(node__name=node_name, state=Placement.State.READY)
+    for placement in ready.select_related("model"):
+        live_state().publish(placement.model.model_id, node_name, placement.endpoint_url)
+
+
+def withdraw_silent_nodes() -> list[str]:
+    """Take nodes whose heartbeat stopped out of routing (their placements stay recorded)."""
+    silent = [node for node in Node.objects.filter(enabled=True) if node.last_heartbeat
+              and not _is_live(node)]  # fmt: skip
+    for node in silent:
+        for placement in node.placements.select_related("model"):
+            live_state().withdraw(placement.model.model_id, node.name)
+        logger.warning("node %s is silent: out of routing", node.name)
+    return [node.name for node in silent]
 
 
 def placement_request_load(*, model: ServedModel, node: Node | None = None, pin: bool = False):

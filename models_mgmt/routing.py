@@ -50,6 +50,15 @@ def _request_load(model: ServedModel) -> None:
 _request_load_async = in_db_thread(_request_load)
 
 
+def _failed(model: ServedModel) -> bool:
+    """Whether every placement of the model has failed (e.g. no node could make room)."""
+    states = set(Placement.objects.filter(model=model).values_list("state", flat=True))
+    return states == {Placement.State.FAILED}
+
+
+_load_failed = in_db_thread(_failed)
+
+
 async def engine_for_request(model: ServedModel) -> tuple[object, Callable[[], Awaitable] | None]:
     """The engine for one request, and what to call when the request has ended."""
     if model.engine != ServedModel.Engine.PROCESS:
@@ -60,9 +69,15 @@ async def engine_for_request(model: ServedModel) -> tuple[object, Callable[[], A
         started = time.monotonic()
         await _request_load_async(model)
         deadline = started + settings.ROUTING_LOAD_WAIT_SECONDS
+        polls = 0
         while route is None and time.monotonic() < deadline:
             await asyncio.sleep(LOAD_POLL_SECONDS)
             route = await live.route(model.model_id)
+            polls += 1
+            if route is None and polls % 5 == 0 and await _load_failed(model):
+                raise placements.PlacementError(
+                    f"No node has room for '{model.model_id}' now. Retry shortly."
+                )
         metrics.COLD_START_WAITS.observe(time.monotonic() - started)
         if route is None:
             raise ModelNotReady(f"The model '{model.model_id}' is loading. Retry shortly.")

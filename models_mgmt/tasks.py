@@ -8,6 +8,7 @@ from django.utils import timezone
 from models_mgmt import placements
 from models_mgmt.live import live_state
 from models_mgmt.models import Node, Placement
+from saas_platform import metrics
 
 RETRY = {"autoretry_for": (ConnectionError, OSError), "retry_backoff": True, "max_retries": 3}
 
@@ -24,8 +25,13 @@ def evict_model(node_name: str, model_id: str) -> None:
 
 @shared_task(acks_late=True, time_limit=300, ignore_result=True)
 def node_tick(node_name: str) -> None:
-    """Heartbeat, then unload models idle past their keep-alive."""
+    """Heartbeat, reconcile with the engines that really run, report used bytes, then unload
+    models idle past their keep-alive."""
     placements.node_heartbeat(node_name=node_name)
+    placements.placement_reconcile(node_name=node_name)
+    node = Node.objects.get(name=node_name)
+    used = sum(p.vram_bytes for p in node.placements.all() if p.holds_memory)
+    metrics.NODE_USED_BYTES.labels(node=node_name).set(used)
     live = live_state()
     now_ms = timezone.now().timestamp() * 1000
     ready = Placement.objects.filter(node__name=node_name, state=Placement.State.READY,
@@ -40,9 +46,11 @@ def node_tick(node_name: str) -> None:
 
 @shared_task(ignore_result=True)
 def schedule_node_ticks() -> None:
-    """Beat runs this on the default queue; each node's tick runs on its own queue."""
+    """Beat runs this on the default queue: each node's tick runs on its own queue, and a node
+    whose heartbeat stopped is taken out of routing until it beats again."""
     for node in Node.objects.filter(enabled=True):
         node_tick.apply_async(args=[node.name], queue=node.queue, expires=60)
+    placements.withdraw_silent_nodes()
 
 
 @worker_ready.connect

@@ -10,6 +10,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -36,6 +37,7 @@ LOADS = Counter("models_loads_total", "Models loaded, per node", ["node"])
 EVICTIONS = Counter(
     "models_evictions_total", "Models unloaded, per node and reason", ["node", "reason"]
 )
+NODE_USED_BYTES = Gauge("models_node_used_bytes", "Bytes held by models, per node", ["node"])
 LOAD_SECONDS = Histogram("models_load_seconds", "Time to load a model")
 COLD_START_WAITS = Histogram("gateway_cold_start_wait_seconds", "Requests' waits for a load")
 LEDGER_ORPHANS = Counter(
