@@ -96,6 +96,10 @@ class Placement(models.Model):
     vram_bytes = models.PositiveBigIntegerField(default=0)
     pinned = models.BooleanField(default=False)
     failure = models.TextField(blank=True)
+    # What the engine really holds (GPU memory, or resident memory without a GPU), from the
+    # node's last tick: compare with vram_bytes, which is declared.
+    measured_bytes = models.PositiveBigIntegerField(null=True, blank=True)
+    measured_source = models.CharField(max_length=16, blank=True)
     loaded_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)

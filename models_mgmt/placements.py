@@ -298,3 +298,23 @@ def _is_live(node: Node) -> bool:
         return False
     age = (timezone.now() - node.last_heartbeat).total_seconds()
     return age < settings.NODE_HEARTBEAT_TIMEOUT_SECONDS
+
+
+def placement_measure(*, node_name: str) -> None:
+    """Record what each ready process engine really holds, and warn when it exceeds what its
+    model declares (the node's budget is kept on declared bytes)."""
+    from models_mgmt.memory import measured_bytes
+
+    node = Node.objects.get(name=node_name)
+    processes = engine_processes(node)
+    ready = node.placements.filter(state=Placement.State.READY,
+                                   model__engine=ServedModel.Engine.PROCESS)  # fmt: skip
+    for placement in ready.select_related("model"):
+        measured, source = measured_bytes(processes, placement.model.model_id)
+        if measured is None:
+            continue
+        Placement.objects.filter(pk=placement.pk).update(measured_bytes=measured,
+                                                         measured_source=source)  # fmt: skip
+        if source == "gpu" and measured > placement.vram_bytes:
+            logger.warning("%s on %s uses %d bytes, declared %d", placement.model, node.name,
+                           measured, placement.vram_bytes)  # fmt: skip

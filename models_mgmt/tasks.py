@@ -32,6 +32,7 @@ def node_tick(node_name: str) -> None:
     node = Node.objects.get(name=node_name)
     used = sum(p.vram_bytes for p in node.placements.all() if p.holds_memory)
     metrics.NODE_USED_BYTES.labels(node=node_name).set(used)
+    placements.placement_measure(node_name=node_name)
     live = live_state()
     now_ms = timezone.now().timestamp() * 1000
     ready = Placement.objects.filter(node__name=node_name, state=Placement.State.READY,

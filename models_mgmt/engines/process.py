@@ -311,6 +311,8 @@ class EngineProcesses:
                     break  # on to SIGKILL
                 time.sleep(_POLL_SECONDS)
             else:
+                if group is not None:
+                    self._reap(group)  # it may have exited just after the last reap
                 return  # all gone
 
     def _processes(self, model_id: str, *, group: int | None = None) -> list[tuple[int, int]]:

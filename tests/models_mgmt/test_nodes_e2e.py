@@ -13,6 +13,7 @@ from models_mgmt.engines.local import bundled_gguf
 from models_mgmt.models import Node, Placement
 from models_mgmt.placements import engine_processes, node_add
 from models_mgmt.services import model_register
+from models_mgmt.tasks import node_tick
 from tests.gateway import gateway_env, make_customer
 from tests.servers import ROOT, free_port, gateway_command, running
 
@@ -69,6 +70,11 @@ def test_three_models_on_two_small_nodes_load_evict_and_answer(
                 held = sum(p.vram_bytes for p in node.placements.all() if p.holds_memory)
                 assert held <= node.vram_budget_bytes
         placements = {p.model.model_id: p.node.name for p in Placement.objects.all()}
+
+    for node in Node.objects.all():  # a node's tick records what its engines really hold
+        node_tick.apply(args=[node.name])
+    measured = Placement.objects.values_list("measured_bytes", "measured_source")
+    assert all(size > 50 * 2**20 and source == "resident" for size, source in measured)
 
     assert answers == ["m1", "m2", "m3", "m1", "m2", "m3"]  # every request answered
     assert len(placements) == 2  # three models, room for two: one was evicted

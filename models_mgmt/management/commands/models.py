@@ -113,16 +113,23 @@ class Command(ScriptableCommand):
 
     def handle_status(self, options):
         live = live_state()
-        rows = [("NODE", "USED/BUDGET", "MODEL", "STATE", "IN FLIGHT", "LAST USED", "NOTE")]
+        rows = [("NODE", "USED/BUDGET", "MODEL", "STATE", "DECLARED", "MEASURED", "IN FLIGHT",
+                 "LAST USED", "NOTE")]  # fmt: skip
         for node in Node.objects.prefetch_related("placements__model"):
             used = sum(p.vram_bytes for p in node.placements.all() if p.holds_memory)
             bytes_column = f"{used}/{node.vram_budget_bytes}"
             if not node.placements.all():
-                rows.append((node.name, bytes_column, "-", "-", "-", "-", ""))
+                rows.append((node.name, bytes_column, "-", "-", "-", "-", "-", "-", ""))
             for placement in node.placements.all():
                 model_id = placement.model.model_id
                 last = live.last_used_ms(model_id, node.name)
+                measured = (
+                    "-"
+                    if placement.measured_bytes is None
+                    else (f"{placement.measured_bytes} ({placement.measured_source})")
+                )
                 rows.append((node.name, bytes_column, model_id, placement.state,
+                             str(placement.vram_bytes), measured,
                              str(live.in_flight(model_id, node.name)),
                              "-" if last is None else f"{last // 1000}",
                              placement.failure[:60]))  # fmt: skip
