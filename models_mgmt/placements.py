@@ -278,19 +278,32 @@ def placement_request_load(*, model: ServedModel, node: Node | None = None, pin:
 
 
 def _choose_node(model: ServedModel) -> Node:
-    nodes = list(Node.objects.filter(enabled=True).prefetch_related("placements"))
-    fresh = [n for n in nodes if _is_live(n)] or nodes
-    if not fresh:
+    """The node with the most free bytes that fit the model; else the one where evicting idle,
+    unpinned models makes the most room (never one where only busy models could make it)."""
+    nodes = list(Node.objects.filter(enabled=True).prefetch_related("placements__model"))
+    live_nodes = [n for n in nodes if _is_live(n)] or nodes
+    if not live_nodes:
         raise PlacementError("No node is available to load models.")
+    live = live_state()
 
-    def free(node: Node) -> int:
-        used = sum(p.vram_bytes for p in node.placements.all() if p.holds_memory)
-        return node.vram_budget_bytes - used
+    def room(node: Node) -> tuple[int, int]:
+        held = [p for p in node.placements.all() if p.holds_memory]
+        free = node.vram_budget_bytes - sum(p.vram_bytes for p in held)
+        evictable = sum(
+            p.vram_bytes for p in held
+            if p.state == Placement.State.READY and not p.pinned
+            and live.in_flight(p.model.model_id, node.name) == 0
+        )  # fmt: skip
+        return free, evictable
 
-    fitting = [n for n in fresh if n.vram_budget_bytes >= model.vram_bytes]
-    if not fitting:
-        raise PlacementError(f"{model.model_id} is larger than every node's budget.")
-    return max(fitting, key=free)
+    rooms = {node: room(node) for node in live_nodes}
+    fits_now = [n for n, (free, _idle) in rooms.items() if free >= model.vram_bytes]
+    if fits_now:
+        return max(fits_now, key=lambda n: rooms[n][0])
+    can_make_room = [n for n, (free, idle) in rooms.items() if free + idle >= model.vram_bytes]
+    if can_make_room:
+        return max(can_make_room, key=lambda n: sum(rooms[n]))
+    raise PlacementError(f"No node has room for {model.model_id} now.")
 
 
 def _is_live(node: Node) -> bool:

@@ -70,6 +70,18 @@ def test_three_models_on_two_small_nodes_load_evict_and_answer(
                 held = sum(p.vram_bytes for p in node.placements.all() if p.holds_memory)
                 assert held <= node.vram_budget_bytes
         placements = {p.model.model_id: p.node.name for p in Placement.objects.all()}
+        evicted = ({"m1", "m2", "m3"} - set(placements)).pop()
+        streamed = sorted(placements)[0]
+        # A long answer from one model while a request for the evicted one needs room: the
+        # eviction takes the idle model on the other node and cuts nothing.
+        stream = client.chat.completions.create(
+            model=streamed, messages=[{"role": "user", "content": "Tell a long story."}],
+            max_tokens=120, stream=True,
+        )  # fmt: skip
+        chunks = [next(stream)]
+        cold = client.chat.completions.create(model=evicted, messages=HI, max_tokens=4)
+        chunks += list(stream)
+        after = {p.model.model_id: p.node.name for p in Placement.objects.all()}
 
     for node in Node.objects.all():  # a node's tick records what its engines really hold
         node_tick.apply(args=[node.name])
@@ -77,6 +89,10 @@ def test_three_models_on_two_small_nodes_load_evict_and_answer(
     assert all(size > 50 * 2**20 and source == "resident" for size, source in measured)
 
     assert answers == ["m1", "m2", "m3", "m1", "m2", "m3"]  # every request answered
+    assert cold.model == evicted
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")  # the stream was not cut
+    assert streamed in after
+    assert after[evicted] == placements[sorted(set(placements) - {streamed})[0]]
     assert len(placements) == 2  # three models, room for two: one was evicted
     for node in Node.objects.all():
         running_engines = {engine.model_id for engine in engine_processes(node).running()}
