@@ -52,3 +52,11 @@ def format_table(rows: list[tuple[str, ...]]) -> list[str]:
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     ]
+
+
+def first_or_fail(queryset, message: str):
+    """The first object of `queryset`, or the command fails with `message` (one line)."""
+    found = queryset.first()
+    if found is None:
+        raise CommandError(message)
+    return found

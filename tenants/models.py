@@ -109,9 +109,6 @@ class ApiKeyQuerySet(models.QuerySet):
     def for_digest(self, digest: str) -> "ApiKey | None":
         return self.select_related("tenant").filter(digest=digest).first()
 
-    def for_prefix(self, prefix: str) -> "ApiKey | None":
-        return self.select_related("tenant").filter(prefix=prefix).first()
-
 
 class ApiKey(models.Model):
     class State(models.TextChoices):

@@ -4,23 +4,18 @@ from models_mgmt import placements, services
 from models_mgmt.live import live_state
 from models_mgmt.models import Node, ServedModel
 from models_mgmt.tasks import evict_model
-from saas_platform.cli import ScriptableCommand, format_table
+from saas_platform.cli import ScriptableCommand, first_or_fail, format_table
 
 
 def get_model(model_id: str) -> ServedModel:
-    model = ServedModel.objects.filter(model_id=model_id).first()
-    if model is None:
-        raise CommandError(f"no model {model_id!r} in the catalog")
-    return model
+    models = ServedModel.objects.filter(model_id=model_id)
+    return first_or_fail(models, f"no model {model_id!r} in the catalog")
 
 
 def get_node(name: str | None) -> Node | None:
     if name is None:
         return None
-    node = Node.objects.filter(name=name).first()
-    if node is None:
-        raise CommandError(f"no node named {name!r}")
-    return node
+    return first_or_fail(Node.objects.filter(name=name), f"no node named {name!r}")
 
 
 class Command(ScriptableCommand):

@@ -3,7 +3,7 @@ from datetime import timedelta
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from saas_platform.cli import ScriptableCommand, format_table
+from saas_platform.cli import ScriptableCommand, first_or_fail, format_table
 from tenants import services
 from tenants.apikeys import normalize_prefix
 from tenants.management.commands.tenant import get_tenant
@@ -11,10 +11,8 @@ from tenants.models import ApiKey
 
 
 def get_key(prefix: str) -> ApiKey:
-    api_key = ApiKey.objects.for_prefix(normalize_prefix(prefix))
-    if api_key is None:
-        raise CommandError(f"no API key with prefix {prefix!r}")
-    return api_key
+    keys = ApiKey.objects.select_related("tenant").filter(prefix=normalize_prefix(prefix))
+    return first_or_fail(keys, f"no API key with prefix {prefix!r}")
 
 
 class Command(ScriptableCommand):

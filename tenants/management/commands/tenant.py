@@ -2,7 +2,7 @@ from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import CommandError
 
-from saas_platform.cli import ScriptableCommand, format_table
+from saas_platform.cli import ScriptableCommand, first_or_fail, format_table
 from tenants import services
 from tenants.models import Tenant
 from tenants.quotas import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_TOKENS_PER_MINUTE
@@ -19,10 +19,7 @@ _decimal.__name__ = "decimal amount"  # argparse names the type in its error
 
 
 def get_tenant(slug: str) -> Tenant:
-    tenant = Tenant.objects.filter(slug=slug).first()
-    if tenant is None:
-        raise CommandError(f"no tenant with slug {slug!r}")
-    return tenant
+    return first_or_fail(Tenant.objects.filter(slug=slug), f"no tenant with slug {slug!r}")
 
 
 class Command(ScriptableCommand):
