@@ -3,6 +3,7 @@
 import itertools
 import threading
 import time
+import uuid
 from dataclasses import FrozenInstanceError, dataclass
 
 import pytest
@@ -675,7 +676,7 @@ class ResourceManagerMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FakeClock()
-        self.manager = ResourceManager(
+        self.manager = self.make_manager(
             BUDGET,
             min_residency_seconds=MIN_RESIDENCY,
             drain_timeout_seconds=DRAIN_TIMEOUT,
@@ -686,6 +687,9 @@ class ResourceManagerMachine(RuleBasedStateMachine):
         self.total_unloaded = 0
         self.requests: list[tuple[str, int]] = []  # (model_id, generation) begun, not ended
         self.manager.set_evict_callback(self.on_evict)
+
+    def make_manager(self, budget: int, **options) -> ResourceManager:
+        return ResourceManager(budget, **options)
 
     def on_evict(self, model_id: str) -> None:
         # Runs outside the lock after the state changed: re-entering must work and see it gone.
@@ -814,4 +818,23 @@ class ResourceManagerMachine(RuleBasedStateMachine):
 TestResourceManagerStateful = ResourceManagerMachine.TestCase
 TestResourceManagerStateful.settings = settings(
     max_examples=200, stateful_step_count=40, deadline=None
+)
+
+
+class SharedResourceManagerMachine(ResourceManagerMachine):
+    """The same rules and invariants, with the manager's state in Redis."""
+
+    def make_manager(self, budget: int, **options) -> ResourceManager:
+        from django.conf import settings as django_settings
+
+        from models_mgmt.shared_resource_manager import SharedResourceManager
+
+        assert django_settings.REDIS_URL, "make test runs against a real Redis"
+        return SharedResourceManager(budget, name=f"test-{uuid.uuid4().hex}",
+                                     redis_url=django_settings.REDIS_URL, **options)  # fmt: skip
+
+
+TestSharedResourceManagerStateful = SharedResourceManagerMachine.TestCase
+TestSharedResourceManagerStateful.settings = settings(
+    max_examples=50, stateful_step_count=40, deadline=None
 )
