@@ -27,6 +27,7 @@ help:
 	@echo "make serve  - serve only (no seeding); honours every setting in README.md"
 	@echo "make test   - the whole suite against PostgreSQL and Redis on localhost"
 	@echo "make lint   - ruff check and format check"
+	@echo "make bench  - the gateway against a direct call, admission and model manager rates"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || exit 1
@@ -71,3 +72,7 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+.PHONY: bench
+bench: $(STAMP) services
+	$(BIN)/python -m bench.run
