@@ -27,7 +27,11 @@ async def main(url: str, key: str, model: str, concurrency: int, total: int) -> 
             nonlocal failures
             for _ in remaining:
                 started = time.perf_counter()
-                response = await client.post("/chat/completions", json=body)
+                try:
+                    response = await client.post("/chat/completions", json=body)
+                except httpx.HTTPError:  # counted, not fatal: the table reports failures
+                    failures += 1
+                    continue
                 latencies.append(time.perf_counter() - started)
                 failures += response.status_code != 200
 

@@ -54,6 +54,11 @@ MIDDLEWARE = [
     "tenants.middleware.TenantMiddleware",
     "billing.middleware.BillingMiddleware",
 ]
+# The inference API's chain (saas_platform/asgi.py): only what it uses, all of it async.
+GATEWAY_MIDDLEWARE = [
+    "tenants.middleware.TenantMiddleware",
+    "billing.middleware.BillingMiddleware",
+]
 
 ROOT_URLCONF = "saas_platform.urls"
 ASGI_APPLICATION = "saas_platform.asgi.application"
