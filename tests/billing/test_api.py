@@ -19,8 +19,8 @@ from billing.invoices import invoice_close, invoice_for
 from billing.ledger import ledger_store
 from billing.models import Invoice
 from billing.pricing import price_set
-from billing.usage import UsageEvent
 from tenants import services
+from tests.billing import factories
 
 MARCH = date(2025, 3, 1)
 
@@ -30,17 +30,8 @@ def at(*args) -> datetime:
 
 
 def event(tenant, request_id, model, when, prompt=1_000_000, completion=500_000):
-    return UsageEvent(
-        request_id=request_id,
-        tenant_id=str(tenant.pk),
-        api_key_prefix="sk-AbC12345",
-        model=model,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        timestamp=int(when.timestamp()),
-        latency_ms=5,
-        status=200,
-    )
+    return factories.event(tenant, model=model, prompt=prompt, completion=completion, at=when,
+                           request_id=request_id)  # fmt: skip
 
 
 def this_month_start() -> datetime:

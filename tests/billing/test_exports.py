@@ -15,7 +15,7 @@ from billing.invoices import invoice_close, invoice_for
 from billing.ledger import ledger_store
 from billing.models import UsageRecord
 from billing.pricing import price_set
-from billing.usage import UsageEvent
+from tests.billing import factories
 
 MARCH = date(2025, 3, 1)
 INVOICE_HEADER = [
@@ -52,18 +52,8 @@ def at(*args) -> datetime:
 
 
 def event(tenant, request_id, model, prompt, completion, when, *, source="reported"):
-    return UsageEvent(
-        request_id=request_id,
-        tenant_id=str(tenant.pk),
-        api_key_prefix="sk-AbC12345",
-        model=model,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        timestamp=int(when.timestamp()),
-        latency_ms=12,
-        status=200,
-        usage_source=source,
-    )
+    return factories.event(tenant, model=model, prompt=prompt, completion=completion, at=when,
+                           request_id=request_id, usage_source=source)  # fmt: skip
 
 
 @pytest.fixture
