@@ -53,6 +53,13 @@ async def _allowed_models(tenant) -> dict[str, ServedModel]:
     return {model_id: m for model_id, m in catalog.items() if config.model_allowed(model_id)}
 
 
+async def _allowed_model(tenant, model_id: str) -> ServedModel | None:
+    """One model, if enabled and the tenant may use it: a lookup, not a filtered catalog copy
+    on every request."""
+    model = (await acatalog()).get(model_id)
+    return model if model is not None and tenant.config.model_allowed(model_id) else None
+
+
 def _read_body(request) -> bytes:
     try:
         return request.body
@@ -66,7 +73,7 @@ async def _serve(request, endpoint: Endpoint):
     meter = request.usage
     try:
         parsed = parsing.parse(endpoint, _read_body(request))
-        model = (await _allowed_models(request.tenant)).get(parsed.model)
+        model = await _allowed_model(request.tenant, parsed.model)
         if model is None:
             raise ModelNotFound(parsed.model)
         if model.task != _TASKS[endpoint]:
@@ -137,7 +144,7 @@ async def list_models(request):
 
 
 async def retrieve_model(request, model_id: str):
-    model = (await _allowed_models(request.tenant)).get(model_id)
+    model = await _allowed_model(request.tenant, model_id)
     if model is None:
         return error_response(ModelNotFound(model_id))
     return JsonResponse(_model_object(model))
