@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
+import redis
 from django.db import connections
 from django.utils import timezone
 
@@ -36,6 +37,7 @@ def wait_for_rows(count: int, timeout: float = 30) -> int:
 @pytest.fixture
 def celery_worker(tmp_path):
     """A real Celery worker with its beat, which drains the stream every second."""
+    redis.Redis.from_url(BROKER).flushdb()  # no task left by an earlier run
     env = gateway_env(CELERY_BROKER_URL=BROKER, LEDGER_RECLAIM_IDLE_SECONDS="1")
     command = [sys.executable, "-m", "celery", "-A", "saas_platform", "worker", "-B",
                "--concurrency", "1", "--loglevel", "WARNING",

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import redis
 
 from models_mgmt.engines.local import bundled_gguf
 from models_mgmt.models import Node, Placement
@@ -24,6 +25,9 @@ HI = [{"role": "user", "content": "Say hi."}]
 
 @pytest.fixture
 def node_env(tmp_path):
+    # The broker is the tests' own Redis database: a task left there by an earlier run would
+    # be taken by this run's workers.
+    redis.Redis.from_url(BROKER).flushdb()
     return gateway_env(CELERY_BROKER_URL=BROKER, NODE_STATE_DIR=str(tmp_path / "nodes"),
                        MIN_RESIDENCY_SECONDS="0", ROUTING_LOAD_WAIT_SECONDS="90")  # fmt: skip
 
