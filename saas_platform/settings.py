@@ -35,6 +35,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    # The project package itself: shared templates, template tags (charts) and static files.
+    "saas_platform",
     "tenants",
     "inference",
     "models_mgmt",
@@ -169,6 +171,9 @@ MAX_TOKENS_LIMIT = env_int("MAX_TOKENS_LIMIT", 131072, minimum=1)
 # Largest request body the inference endpoints take (413 above it).
 INFERENCE_MAX_BODY_BYTES = env_int("INFERENCE_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = INFERENCE_MAX_BODY_BYTES
+# Seconds a client has to send its whole request body (408 after), so a slow one cannot hold a
+# connection and its buffer for ever (saas_platform/body_guard.py).
+REQUEST_BODY_TIMEOUT_SECONDS = env_int("REQUEST_BODY_TIMEOUT_SECONDS", 60, minimum=1)
 # Upstream engines: one pooled async HTTP client per process.
 UPSTREAM_CONNECT_TIMEOUT = env_int("UPSTREAM_CONNECT_TIMEOUT", 5, minimum=1)
 UPSTREAM_READ_TIMEOUT = env_int("UPSTREAM_READ_TIMEOUT", 120, minimum=1)
@@ -206,6 +211,12 @@ STATIC_URL = "static/"
 # ServeStatic (WhiteNoise with async support, so the gateway's async views stay async) serves
 # the admin's static files straight from the apps: no collectstatic step is needed.
 SERVESTATIC_USE_FINDERS = True
+# Front-end libraries come from npm (package.json; `make` runs `npm ci`), served from
+# node_modules under a stable prefix, never committed.
+STATICFILES_DIRS = [
+    ("vendor/htmx", BASE_DIR / "node_modules" / "htmx.org" / "dist"),
+    ("vendor/chart.js", BASE_DIR / "node_modules" / "chart.js" / "dist"),
+]
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -16,8 +16,8 @@ from tenants.models import Membership
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The real gateway, engines and their fixtures, for every test folder.
-pytest_plugins = ["tests.gateway"]
+# The real gateway, engines, a browser and their fixtures, for every test folder.
+pytest_plugins = ["tests.gateway", "tests.browser"]
 
 
 @pytest.fixture(autouse=True)
