@@ -6,12 +6,20 @@ HTTP. Its behaviour comes from the model name the gateway forwards, as a query s
     fake?fail=500                answer with that HTTP status
     fake?hang=1                  accept the request and never answer
     fake?cut=3                   close the connection after 3 chunks, without [DONE]
+    fake?stall=3                 stream 3 chunks, then send nothing more (a mid-stream hang)
+
+It stops streaming when its client (the gateway) goes away. With FAKE_UPSTREAM_LOG set, it
+appends one JSON line per request to that file once the request has ended: the request's
+`user` field, what it sent (`completion_tokens`: content chunks) and whether it reported
+usage, so a test can compare what the engine reported with what was billed.
 
 Run: python -m tests.fakes.upstream PORT
 """
 
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import time
 from urllib.parse import parse_qs
@@ -57,6 +65,16 @@ def _chunk(model: str, chat: bool, text: str | None, finish: str | None = None) 
     }
 
 
+def _log(record: dict) -> None:
+    path = os.environ.get("FAKE_UPSTREAM_LOG")
+    if path:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+        finally:
+            os.close(fd)
+
+
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
@@ -72,21 +90,45 @@ async def app(scope, receive, send):
     if path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
         return await _send_json(send, 404, {"error": {"message": "no such route"}})
     body = await _read_json(receive)
+    record = {"user": body.get("user"), "model": body.get("model"), "path": path,
+              "stream": bool(body.get("stream")), "prompt_tokens": 0, "completion_tokens": 0,
+              "usage_reported": False, "outcome": "ok"}  # fmt: skip
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await _answer(path, body, send, gone, record)
+    finally:
+        watcher.cancel()
+        _log(record)
+
+
+async def _answer(path: str, body: dict, send, gone: asyncio.Event, record: dict) -> None:
     model = body.get("model", "fake")
     options = _options(model)
     chunks, delay = int(options.get("chunks", 5)), options.get("delay", 0.0)
     report_usage = options.get("usage", 1) == 1
     if "fail" in options:
         status = int(options["fail"])
+        record["outcome"] = f"fail_{status}"
         return await _send_json(send, status, {"error": {"message": f"fake failure {status}"}})
     if options.get("hang"):
-        await asyncio.sleep(3600)
+        record["outcome"] = "hang"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(gone.wait(), 3600)
+        return
     if path == "/v1/embeddings":
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [
             {"object": "embedding", "index": i, "embedding": [0.1] * 8} for i in range(len(inputs))
         ]
         usage = {"prompt_tokens": PROMPT_TOKENS, "total_tokens": PROMPT_TOKENS}
+        record.update(prompt_tokens=PROMPT_TOKENS, usage_reported=True)
         return await _send_json(
             send, 200, {"object": "list", "data": data, "model": model, "usage": usage}
         )
@@ -108,6 +150,8 @@ async def app(scope, receive, send):
                    "created": int(time.time()), "model": model, "choices": [choice]}  # fmt: skip
         if report_usage:
             payload["usage"] = usage
+        record.update(prompt_tokens=PROMPT_TOKENS, completion_tokens=chunks,
+                      usage_reported=report_usage)  # fmt: skip
         return await _send_json(send, 200, payload)
 
     await send({"type": "http.response.start", "status": 200,
@@ -119,17 +163,31 @@ async def app(scope, receive, send):
             {"type": "http.response.body", "body": b"data: " + data + b"\n\n", "more_body": True}
         )
 
-    cut = int(options.get("cut", -1))
+    cut, stall = int(options.get("cut", -1)), int(options.get("stall", -1))
     for index in range(chunks):
+        if gone.is_set():
+            record["outcome"] = "disconnected"
+            return
         if index == cut:
+            record["outcome"] = "cut"
             raise ConnectionAbortedError("fake engine cut the stream")  # uvicorn drops the socket
+        if index == stall:
+            record["outcome"] = "stall"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gone.wait(), 3600)
+            return
         await event(_chunk(model, chat, f"w{index} "))
+        record["completion_tokens"] = index + 1
         if delay:
             await asyncio.sleep(delay)
+    if gone.is_set():
+        record["outcome"] = "disconnected"
+        return
     await event(_chunk(model, chat, None, finish="stop"))
     if report_usage and (body.get("stream_options") or {}).get("include_usage"):
         await event({"id": "fake-1", "object": "chat.completion.chunk", "created": int(time.time()),
                      "model": model, "choices": [], "usage": usage})  # fmt: skip
+        record.update(prompt_tokens=PROMPT_TOKENS, usage_reported=True)
     await event(b"[DONE]")
     await send({"type": "http.response.body", "body": b""})
 
