@@ -48,8 +48,19 @@ def _lookup_cache_key(digest: str) -> str:
     return f"apikey:digest:{digest}"
 
 
+def _last_known_cache_key(digest: str) -> str:
+    return f"apikey:last-known:{digest}"
+
+
+# How long the database's last answer for a key may stand in for it while the database is
+# unreachable (a restart, a failover), so that known keys keep being served meanwhile.
+LAST_KNOWN_KEY_SECONDS = 3600
+
+
 def _forget_keys(keys) -> None:
-    cache.delete_many([_lookup_cache_key(key.digest) for key in keys])
+    digests = [key.digest for key in keys]
+    cache.delete_many([_lookup_cache_key(d) for d in digests]
+                      + [_last_known_cache_key(d) for d in digests])  # fmt: skip
 
 
 def _validate(tenant: Tenant) -> None:
@@ -213,6 +224,25 @@ def _mark_used(api_key: ApiKey, now: datetime) -> None:
         api_key.last_used_at = now
 
 
+def _lookup(digest: str):
+    """The key with this digest from the database; while the database is unreachable, its last
+    answer (revocation and suspension delete that too), else the database's error."""
+    try:
+        api_key = ApiKey.objects.for_digest(digest) or _UNKNOWN
+    except DatabaseError:
+        api_key = cache.get(_last_known_cache_key(digest))
+        if api_key is None:
+            raise
+        logger.warning("database unavailable: %s served from its last lookup", _display(api_key))
+        return api_key
+    cache.set(_last_known_cache_key(digest), api_key, timeout=LAST_KNOWN_KEY_SECONDS)
+    return api_key
+
+
+def _display(api_key) -> str:
+    return "an unknown key" if api_key == _UNKNOWN else api_key.display_prefix
+
+
 def tenant_for_key(presented: str | None) -> Authenticated:
     """The seed's TenantRegistry.Get: the tenant and key for a presented key, or the reason
     it is refused (missing, malformed, unknown, revoked, expired key; suspended tenant)."""
@@ -226,7 +256,7 @@ def tenant_for_key(presented: str | None) -> Authenticated:
     cache_key = _lookup_cache_key(digest)
     api_key = cache.get(cache_key)
     if api_key is None:
-        api_key = ApiKey.objects.for_digest(digest) or _UNKNOWN
+        api_key = _lookup(digest)
         cache.set(cache_key, api_key, timeout=settings.APIKEY_CACHE_SECONDS)
     if api_key == _UNKNOWN:
         raise UnknownApiKey()
