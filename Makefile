@@ -30,6 +30,7 @@ help:
 	@echo "make test   - the whole suite against PostgreSQL and Redis on localhost"
 	@echo "make lint   - ruff check and format check"
 	@echo "make bench  - the gateway against a direct call, admission and model manager rates"
+	@echo "make reliability - break Redis, PostgreSQL, gateways and workers under load; docs/reliability.md"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || exit 1
@@ -86,3 +87,8 @@ format: $(STAMP)
 .PHONY: bench
 bench: $(STAMP) services
 	$(BIN)/python -m bench.run
+
+# Starts its own Redis and PostgreSQL (under var/reliability/, free ports): it kills them.
+.PHONY: reliability
+reliability: $(STAMP)
+	$(BIN)/python -m reliability.run
