@@ -1,9 +1,38 @@
-"""A basic operator admin for billing: the ledger and finalized invoices read-only, prices
-added (never edited: a change is a new price from a later time), credit notes issued."""
+"""The operator's admin for billing: the ledger and finalized invoices read-only, prices added
+(never edited: a change is a new price from a later time), months closed, invoices exported
+(CSV, PDF, JSON: billing.exports) and corrected by credit notes (billing.invoices). The usage
+dashboard (billing.admin_dashboard) stands in for the daily rollups' list."""
 
-from django.contrib import admin
+from datetime import date
+from decimal import Decimal, InvalidOperation
 
-from billing.models import CreditNote, Invoice, InvoiceLine, Price, UsageRecord
+from django.contrib import admin, messages
+from django.db.models import DecimalField, OuterRef, Subquery, Sum, Value
+from django.db.models.functions import Coalesce
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html_join
+from django.utils.http import content_disposition_header
+
+from billing import exports
+from billing.admin_dashboard import usage_dashboard
+from billing.admin_selectors import month_start
+from billing.invoices import (
+    InvoiceError,
+    credit_note_issue,
+    invoice_close,
+    invoice_for,
+    next_month,
+    parse_period,
+)
+from billing.models import CreditNote, DailyUsage, Invoice, InvoiceLine, Price, UsageRecord
+from tenants.models import Tenant
+
+
+class AdminAssets:
+    css = {"all": ["saas_platform/admin.css"]}
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -21,8 +50,10 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class PriceAdmin(admin.ModelAdmin):
     list_display = ["model_id", "tenant", "input_per_million", "output_per_million", "currency",
                     "effective_from"]  # fmt: skip
+    list_select_related = ["tenant"]
     list_filter = ["currency", "tenant"]
     search_fields = ["model_id", "tenant__slug"]
+    autocomplete_fields = ["tenant"]
 
     def has_change_permission(self, request, obj=None):
         return obj is None  # prices are added, never edited
@@ -35,10 +66,26 @@ class PriceAdmin(admin.ModelAdmin):
 class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ["request_id", "tenant", "model_id", "prompt_tokens", "completion_tokens",
                     "amount", "currency", "status", "occurred_at", "counted"]  # fmt: skip
+    list_select_related = ["tenant"]
     list_filter = ["status", "counted", "model_id"]
     search_fields = ["request_id", "tenant__slug", "api_key_prefix"]
     date_hierarchy = "occurred_at"
     show_full_result_count = False  # counting tens of millions of rows is slow
+
+
+@admin.register(DailyUsage)
+class DailyUsageAdmin(ReadOnlyAdmin):
+    """Its list is the usage dashboard: charts and rankings from these rollups."""
+
+    class Media:
+        css = {"all": ["saas_platform/admin.css", "saas_platform/charts.css"]}
+        js = ["vendor/chart.js/chart.umd.min.js", "saas_platform/charts.js"]
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
+
+    def changelist_view(self, request, extra_context=None):
+        return usage_dashboard(self, request)
 
 
 class InvoiceLineInline(admin.TabularInline):
@@ -64,15 +111,177 @@ class CreditNoteInline(admin.TabularInline):
         return False
 
 
+def export_url(tenant_id: int, period: date, fmt: str) -> str:
+    kwargs = {"tenant_id": tenant_id, "period": f"{period:%Y-%m}", "fmt": fmt}
+    return reverse("admin:billing_invoice_export", kwargs=kwargs)
+
+
+def export_links(tenant_id: int, period: date):
+    return format_html_join(
+        " ", '<a href="{}" download>{}</a>',
+        ((export_url(tenant_id, period, fmt), fmt.upper()) for fmt in exports.FORMATS),
+    )  # fmt: skip
+
+
+def with_period_amount(tenants, period: date):
+    """Tenants annotated with `period_amount`: the month's usage from the daily rollups (an
+    estimate of the draft: the invoice rounds per line and adds late usage)."""
+    field = DecimalField(max_digits=24, decimal_places=12)
+    month = DailyUsage.objects.filter(tenant=OuterRef("pk"), day__gte=period,
+                                      day__lt=next_month(period))  # fmt: skip
+    total = month.order_by().values("tenant").annotate(total=Sum("amount")).values("total")
+    amount = Coalesce(Subquery(total, output_field=field), Value(Decimal(0)), output_field=field)
+    return tenants.annotate(period_amount=amount)
+
+
 @admin.register(Invoice)
 class InvoiceAdmin(ReadOnlyAdmin):
-    list_display = ["number", "tenant", "period", "total", "currency", "finalized_at"]
+    list_display = ["number", "tenant", "period_display", "total", "currency", "credited",
+                    "finalized_at", "files"]  # fmt: skip
+    list_select_related = ["tenant"]
     list_filter = ["period", "currency"]
     search_fields = ["number", "tenant__slug"]
     inlines = [InvoiceLineInline, CreditNoteInline]
+    change_list_template = "admin/billing/invoice/change_list.html"
+    change_form_template = "admin/billing/invoice/change_form.html"
+    Media = AdminAssets
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(credited_total=Sum("credit_notes__amount"))
+
+    @admin.display(description="period", ordering="period")
+    def period_display(self, invoice):
+        return f"{invoice.period:%Y-%m}"
+
+    @admin.display(description="credited", ordering="credited_total")
+    def credited(self, invoice):
+        return invoice.credited_total or "—"
+
+    @admin.display(description="download")
+    def files(self, invoice):
+        return export_links(invoice.tenant_id, invoice.period)
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        own = [
+            path("close/", view(self.close_view), name="billing_invoice_close"),
+            path("export/<int:tenant_id>/<str:period>.<str:fmt>", view(self.export_view),
+                 name="billing_invoice_export"),
+            path("<int:pk>/credit/", view(self.credit_view), name="billing_invoice_credit"),
+        ]  # fmt: skip
+        return own + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        invoice = self.get_object(request, object_id)
+        extra_context = dict(extra_context or {})
+        if invoice is not None:
+            extra_context["export_links"] = export_links(invoice.tenant_id, invoice.period)
+            extra_context["credit_url"] = reverse("admin:billing_invoice_credit", args=[invoice.pk])
+            extra_context["credit_left"] = invoice.total - (invoice.credited_total or 0)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    # --- exports --------------------------------------------------------------------------
+
+    def export_view(self, request, tenant_id, period, fmt):
+        """A month's invoice of a tenant as a file: the finalized one, else the draft."""
+        if fmt not in exports.FORMATS:
+            raise Http404("unknown format")
+        try:
+            month = parse_period(period)
+        except ValueError:
+            raise Http404("bad period") from None
+        data = invoice_for(get_object_or_404(Tenant, pk=tenant_id), month)
+        filename = exports.export_filename(data, fmt)
+        headers = {
+            "Content-Disposition": content_disposition_header(True, filename),
+            "Cache-Control": "private, no-store",  # a draft changes; invoices are private
+        }
+        return HttpResponse(
+            exports.EXPORTERS[fmt](data), content_type=exports.CONTENT_TYPES[fmt], headers=headers
+        )
+
+    # --- closing months -------------------------------------------------------------------
+
+    def close_view(self, request):
+        """A month's drafts (estimated from the daily rollups) with Finalize per tenant, and
+        Close the month for every tenant not closed yet."""
+        if not self.has_view_permission(request):
+            return HttpResponseRedirect(reverse("admin:index"))
+        last_month = date.fromordinal(month_start().toordinal() - 1).replace(day=1)
+        try:
+            period = parse_period(request.POST.get("period") or request.GET.get("period")
+                                  or f"{last_month:%Y-%m}")  # fmt: skip
+        except ValueError as error:
+            messages.error(request, str(error))
+            period = last_month
+        if request.method == "POST":
+            if not request.user.has_perm("billing.add_invoice"):
+                return HttpResponseRedirect(reverse("admin:index"))
+            self._close(request, period, request.POST.get("tenant"))
+            url = reverse("admin:billing_invoice_close")
+            return HttpResponseRedirect(f"{url}?period={period:%Y-%m}")
+        closed = dict(Invoice.objects.filter(period=period).values_list("tenant_id", "number"))
+        rows = [
+            {"tenant": tenant, "number": closed.get(tenant.pk),
+             "links": export_links(tenant.pk, period)}
+            for tenant in with_period_amount(Tenant.objects.order_by("slug"), period)
+        ]  # fmt: skip
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Close {period:%Y-%m}",
+            "opts": self.model._meta,
+            "period": period,
+            "rows": rows,
+            "open_count": sum(1 for row in rows if row["number"] is None),
+            "media": self.media,
+        }
+        return TemplateResponse(request, "admin/billing/invoice/close.html", context)
+
+    def _close(self, request, period: date, tenant_id: str | None) -> None:
+        tenants = Tenant.objects.exclude(invoices__period=period).order_by("slug")
+        if tenant_id:
+            tenants = tenants.filter(pk=tenant_id)
+        numbers = []
+        for tenant in tenants:
+            try:
+                numbers.append(invoice_close(tenant=tenant, period=period).number)
+            except InvoiceError as error:
+                messages.error(request, f"{tenant.slug}: {error.message}")
+                return
+        if numbers:
+            messages.success(request, f"Finalized {len(numbers)} invoice(s) for {period:%Y-%m}: "
+                                      f"{', '.join(numbers)}.")  # fmt: skip
+        else:
+            messages.info(request, f"Nothing left to close for {period:%Y-%m}.")
+
+    # --- credit notes ---------------------------------------------------------------------
+
+    def credit_view(self, request, pk):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        invoice = get_object_or_404(Invoice, pk=pk)
+        if not request.user.has_perm("billing.add_creditnote"):
+            return HttpResponseRedirect(reverse("admin:index"))
+        try:
+            amount = Decimal(request.POST.get("amount", "").strip())
+            if not amount.is_finite():
+                raise InvalidOperation
+        except InvalidOperation:
+            messages.error(request, "The amount must be a number, e.g. 12.50.")
+        else:
+            try:
+                note = credit_note_issue(invoice=invoice, amount=amount,
+                                         reason=request.POST.get("reason", ""))  # fmt: skip
+            except InvoiceError as error:
+                messages.error(request, f"No credit note issued: {error.message}.")
+            else:
+                messages.success(request, f"Credit note {note.number} issued for {note.amount} "
+                                          f"{invoice.currency}.")  # fmt: skip
+        return HttpResponseRedirect(reverse("admin:billing_invoice_change", args=[invoice.pk]))
 
 
 @admin.register(CreditNote)
 class CreditNoteAdmin(ReadOnlyAdmin):
     list_display = ["number", "invoice", "amount", "reason", "created_at"]
+    list_select_related = ["invoice"]
     search_fields = ["number", "invoice__number"]

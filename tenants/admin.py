@@ -1,98 +1,236 @@
-"""A basic operator admin for tenants, members and keys. Keys are read-only but for revoke:
-their secret is never shown after creation (the CLI and, later, the portal issue keys)."""
+"""The operator's admin for tenants, members and keys.
+
+Every change goes through tenants.services (quotas validated as everywhere, caches forgotten).
+Usage figures come from billing's daily rollups in one annotated query per page. Keys are
+read-only but for revoke: their secret is never shown after creation and their digest never.
+"""
 
 from django.contrib import admin, messages
+from django.db.models import Q
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
 
+from billing.admin_selectors import last_days, month_start, tokens_by_model, with_month_usage
+from saas_platform.charts import daily_chart
+from saas_platform.errors import PlatformError
 from tenants import services
 from tenants.models import ApiKey, Membership, Tenant
+
+USAGE_CHART_DAYS = 30
+
+
+def _badge(state: str, label: str):
+    return format_html('<span class="admin-badge admin-badge-{}">{}</span>', state, label)
 
 
 class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["created_at"]
 
 
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
     extra = 0
     can_delete = False
-    fields = ["display_prefix", "name", "state", "created_at", "expires_at", "last_used_at"]
+    fields = ["display_prefix", "name", "key_state", "created_at", "expires_at", "last_used_at"]
     readonly_fields = fields
     show_change_link = True
+    verbose_name_plural = "API keys (read-only; revoke from the key's page)"
 
     def has_add_permission(self, request, obj=None):
         return False
 
+    @admin.display(description="state")
+    def key_state(self, api_key):
+        return _badge(api_key.state, ApiKey.State(api_key.state).label)
+
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
-    list_display = [
-        "slug",
-        "name",
-        "status",
-        "max_concurrent_requests",
-        "max_tokens_per_minute",
-        "max_requests_per_minute",
-        "monthly_budget",
-        "created_at",
-    ]
+    list_display = ["slug", "name", "status_badge", "quota", "month_tokens_display",
+                    "month_spend_display", "budget_use"]  # fmt: skip
+    list_display_links = ["slug", "name"]
     list_filter = ["status"]
     search_fields = ["slug", "name"]
     readonly_fields = ["status", "created_at"]
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "status", "created_at"]}),
+        ("Quotas", {"fields": ["max_concurrent_requests", "max_tokens_per_minute",
+                               "max_requests_per_minute", "model_allow_list",
+                               "monthly_budget"]}),
+    ]  # fmt: skip
     inlines = [MembershipInline, ApiKeyInline]
     actions = ["suspend", "resume"]
+    change_form_template = "admin/tenants/tenant/change_form.html"
+
+    class Media:
+        css = {"all": ["saas_platform/admin.css", "saas_platform/charts.css"]}
+        js = ["vendor/chart.js/chart.umd.min.js", "saas_platform/charts.js"]
+
+    def get_queryset(self, request):
+        return with_month_usage(super().get_queryset(request))
+
+    # --- changelist columns ---------------------------------------------------------------
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, tenant):
+        return _badge(tenant.status, tenant.get_status_display())
+
+    @admin.display(description="quota")
+    def quota(self, tenant):
+        rpm = tenant.max_requests_per_minute
+        return format_html(
+            "{} concurrent · {} tokens/min{}",
+            tenant.max_concurrent_requests,
+            f"{tenant.max_tokens_per_minute:,}",
+            f" · {rpm:,} req/min" if rpm else "",
+        )
+
+    @admin.display(description="tokens this month", ordering="month_tokens")
+    def month_tokens_display(self, tenant):
+        return f"{tenant.month_tokens:,}"
+
+    @admin.display(description="spend this month", ordering="month_spend")
+    def month_spend_display(self, tenant):
+        return f"{tenant.month_spend:,.2f}"
+
+    @admin.display(description="budget use")
+    def budget_use(self, tenant):
+        if tenant.monthly_budget is None:
+            return "no budget"
+        if not tenant.monthly_budget:
+            return format_html('<span class="admin-meter-label">spent {} of 0.00</span>',
+                               f"{tenant.month_spend:.2f}")  # fmt: skip
+        share = float(tenant.month_spend / tenant.monthly_budget * 100)
+        level = "over" if share >= 100 else "high" if share >= 80 else "ok"
+        return format_html(
+            '<span class="admin-meter-label">{}% of {}</span>'
+            '<meter class="admin-meter admin-meter-{}" min="0" max="100" low="80" high="99.9" '
+            'optimum="0" value="{}" aria-label="{}% of the monthly budget used"></meter>',
+            f"{share:.0f}", f"{tenant.monthly_budget:,.2f}", level, f"{min(share, 100):.1f}",
+            f"{share:.0f}",
+        )  # fmt: skip
+
+    # --- saving through the services ------------------------------------------------------
 
     def save_model(self, request, obj, form, change):
         # The form already ran Tenant.clean (validate_tenant_config); saving through the
-        # services keeps cache invalidation in one place.
+        # services keeps validation and cache invalidation in one place.
+        fields = {name: getattr(obj, name) for name in services.CONFIG_FIELDS}
         if change:
-            fields = {name: getattr(obj, name) for name in services.CONFIG_FIELDS}
             services.tenant_update(tenant=obj, name=obj.name, **fields)
         else:
-            fields = {name: getattr(obj, name) for name in services.CONFIG_FIELDS}
             saved = services.tenant_register(slug=obj.slug, name=obj.name, **fields)
             obj.pk = saved.pk
 
-    @admin.action(description="Suspend selected tenants")
-    def suspend(self, request, queryset):
-        for tenant in queryset:
-            services.tenant_suspend(tenant=tenant)
-        messages.success(request, f"Suspended {queryset.count()} tenant(s).")
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not Membership:
+            return super().save_formset(request, form, formset, change)
+        formset.save(commit=False)
+        for membership in formset.deleted_objects:
+            try:
+                services.membership_remove(membership=membership)
+            except PlatformError as error:  # the last owner stays
+                messages.error(request, error.message)
+        for membership in formset.new_objects + [obj for obj, _ in formset.changed_objects]:
+            services.membership_set(tenant=form.instance, user=membership.user,
+                                    role=membership.role)  # fmt: skip
+        return None
 
-    @admin.action(description="Resume selected tenants")
+    # --- suspend and resume ---------------------------------------------------------------
+
+    @admin.action(description="Suspend selected tenants", permissions=["change"])
+    def suspend(self, request, queryset):
+        tenants = list(queryset)
+        for tenant in tenants:
+            services.tenant_suspend(tenant=tenant)
+        messages.success(request, f"Suspended {len(tenants)} tenant(s): their keys are refused.")
+
+    @admin.action(description="Resume selected tenants", permissions=["change"])
     def resume(self, request, queryset):
-        for tenant in queryset:
+        tenants = list(queryset)
+        for tenant in tenants:
             services.tenant_resume(tenant=tenant)
-        messages.success(request, f"Resumed {queryset.count()} tenant(s).")
+        messages.success(request, f"Resumed {len(tenants)} tenant(s).")
+
+    def get_urls(self):
+        own = [
+            path("<int:pk>/status/", self.admin_site.admin_view(self.status_view),
+                 name="tenants_tenant_status"),
+        ]  # fmt: skip
+        return own + super().get_urls()
+
+    def status_view(self, request, pk):
+        """The change page's Suspend / Resume button."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        tenant = get_object_or_404(Tenant, pk=pk)
+        if not self.has_change_permission(request, tenant):
+            return HttpResponseRedirect(reverse("admin:index"))
+        if request.POST.get("status") == Tenant.Status.SUSPENDED:
+            services.tenant_suspend(tenant=tenant)
+            messages.success(request, f"{tenant.slug} is suspended: its keys are refused.")
+        else:
+            services.tenant_resume(tenant=tenant)
+            messages.success(request, f"{tenant.slug} is active again.")
+        return HttpResponseRedirect(reverse("admin:tenants_tenant_change", args=[tenant.pk]))
+
+    # --- the change page's usage chart ----------------------------------------------------
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = dict(extra_context or {})
+        tenant = self.get_object(request, object_id)
+        if tenant is not None:
+            first, last = last_days(USAGE_CHART_DAYS)
+            extra_context["usage_chart"] = daily_chart(
+                f"Tokens per day by model, last {USAGE_CHART_DAYS} days",
+                tokens_by_model(tenant=tenant, first=first, last=last), first, last,
+            )  # fmt: skip
+            extra_context["month_start"] = month_start()
+            extra_context["status_url"] = reverse("admin:tenants_tenant_status", args=[tenant.pk])
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+class KeyStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return ApiKey.State.choices
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        expired = Q(expires_at__isnull=False, expires_at__lte=now)
+        if self.value() == ApiKey.State.REVOKED:
+            return queryset.filter(revoked_at__isnull=False)
+        if self.value() == ApiKey.State.EXPIRED:
+            return queryset.filter(expired, revoked_at__isnull=True)
+        if self.value() == ApiKey.State.ACTIVE:
+            return queryset.filter(revoked_at__isnull=True).exclude(expired)
+        return queryset
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = [
-        "display_prefix",
-        "name",
-        "tenant",
-        "state",
-        "created_at",
-        "last_used_at",
-        "expires_at",
-    ]
-    list_filter = ["tenant", "revoked_at"]
+    list_display = ["display_prefix", "name", "tenant", "created_at", "last_used_at",
+                    "expires_at", "key_state"]  # fmt: skip
+    list_select_related = ["tenant"]
+    list_filter = [KeyStateFilter, "tenant"]
     search_fields = ["prefix", "name", "tenant__slug"]
-    fields = [
-        "display_prefix",
-        "name",
-        "tenant",
-        "state",
-        "created_at",
-        "expires_at",
-        "revoked_at",
-        "last_used_at",
-        "replaced_by",
-    ]
+    # Never `digest`: not on the page, not in the form, not in a hidden field.
+    fields = ["display_prefix", "name", "tenant", "key_state", "created_at", "expires_at",
+              "revoked_at", "last_used_at", "replaced_by"]  # fmt: skip
     readonly_fields = fields
     actions = ["revoke"]
+
+    class Media:
+        css = {"all": ["saas_platform/admin.css"]}
 
     def has_add_permission(self, request):
         return False
@@ -100,20 +238,37 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    @admin.display(description="prefix")
+    @admin.display(description="prefix", ordering="prefix")
     def display_prefix(self, obj):
         return obj.display_prefix
 
-    @admin.action(description="Revoke selected keys")
+    @admin.display(description="state")
+    def key_state(self, api_key):
+        return _badge(api_key.state, ApiKey.State(api_key.state).label)
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request, queryset):
-        for api_key in queryset:
+        keys = list(queryset)
+        for api_key in keys:
             services.apikey_revoke(api_key=api_key)
-        messages.success(request, f"Revoked {queryset.count()} key(s).")
+        messages.success(request, f"Revoked {len(keys)} key(s): they are refused at once.")
 
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
     list_display = ["user", "tenant", "role", "created_at"]
+    list_select_related = ["user", "tenant"]
     list_filter = ["role", "tenant"]
     search_fields = ["user__username", "user__email", "tenant__slug"]
     autocomplete_fields = ["user", "tenant"]
+
+    def save_model(self, request, obj, form, change):
+        saved = services.membership_set(tenant=obj.tenant, user=obj.user, role=obj.role)
+        obj.pk = saved.pk
+
+    def delete_model(self, request, obj):
+        services.membership_remove(membership=obj)
+
+    def delete_queryset(self, request, queryset):
+        for membership in queryset.select_related("tenant"):
+            services.membership_remove(membership=membership)

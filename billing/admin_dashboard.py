@@ -1,0 +1,51 @@
+"""The admin's usage dashboard: tokens per day by tenant and by model, the top tenants, and the
+gateway's refusals by reason, over the last 7, 30 or 90 days. Usage comes from the daily
+rollups (billing.admin_selectors), refusals from their daily Redis counts (tenants.refusals).
+"""
+
+from django.template.response import TemplateResponse
+
+from billing.admin_selectors import last_days, tokens_by_model, tokens_by_tenant, top_tenants
+from saas_platform.charts import daily_chart, ranking_chart
+from tenants.refusals import refusals_per_day
+
+RANGES = (7, 30, 90)
+DEFAULT_DAYS = 30
+
+
+def usage_dashboard(model_admin, request):
+    try:
+        days = int(request.GET.get("days", DEFAULT_DAYS))
+    except ValueError:
+        days = DEFAULT_DAYS
+    if days not in RANGES:
+        days = DEFAULT_DAYS
+    first, last = last_days(days)
+    refused = refusals_per_day(first, last)
+    by_reason: dict[str, int] = {}
+    for _day, reason, count in refused:
+        by_reason[reason] = by_reason.get(reason, 0) + count
+    leaders = top_tenants(first=first, last=last)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": "Usage dashboard",
+        "opts": model_admin.model._meta,
+        "media": model_admin.media,
+        "days": days,
+        "ranges": RANGES,
+        "first": first,
+        "last": last,
+        "by_tenant": daily_chart(f"Tokens per day by tenant, last {days} days",
+                                 tokens_by_tenant(first=first, last=last), first, last),
+        "by_model": daily_chart(f"Tokens per day by model, last {days} days",
+                                tokens_by_model(first=first, last=last), first, last),
+        "top_tenants": leaders,
+        "top_chart": ranking_chart("Top tenants by tokens",
+                                   [(row.slug, row.tokens) for row in leaders], unit="tokens"),
+        "refusals": sorted(by_reason.items(), key=lambda item: -item[1]),
+        "refusal_chart": ranking_chart(f"Refused requests by reason, last {days} days",
+                                       by_reason.items(), unit="requests"),
+        "refusals_daily": daily_chart("Refused requests per day by reason", refused, first,
+                                      last, unit="requests"),
+    }  # fmt: skip
+    return TemplateResponse(request, "admin/billing/usage_dashboard.html", context)
