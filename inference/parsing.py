@@ -119,6 +119,8 @@ def parse(endpoint: Endpoint, raw: bytes) -> InferenceRequest:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequest("The request body is not valid JSON.") from None
+    except RecursionError:  # thousands of nested brackets: json.loads recurses per level
+        raise InvalidRequest("The request body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     model = body.get("model")

@@ -136,14 +136,26 @@ def _model_object(model: ServedModel) -> dict:
     }
 
 
+def _only_get(request):
+    if request.method not in ("GET", "HEAD"):
+        return error_response(MethodNotAllowed(f"Use GET for {request.path}."))
+    return None
+
+
+@csrf_exempt
 async def list_models(request):
+    if refused := _only_get(request):
+        return refused
     models = await _allowed_models(request.tenant)
     return JsonResponse(
         {"object": "list", "data": [_model_object(m) for m in sorted(models.values(), key=str)]}
     )
 
 
+@csrf_exempt
 async def retrieve_model(request, model_id: str):
+    if refused := _only_get(request):
+        return refused
     model = await _allowed_model(request.tenant, model_id)
     if model is None:
         return error_response(ModelNotFound(model_id))

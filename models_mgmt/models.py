@@ -1,6 +1,7 @@
 from django.db import models
 from django.utils import timezone
 
+from models_mgmt.engine_urls import validate_engine_base_url
 from tenants.quotas import MODEL_ID_MAX_LENGTH
 
 
@@ -24,8 +25,14 @@ class ServedModel(models.Model):
     model_id = models.CharField(max_length=MODEL_ID_MAX_LENGTH, unique=True)
     engine = models.CharField(max_length=16, choices=Engine.choices)
     task = models.CharField(max_length=16, choices=Task.choices, default=Task.CHAT)
-    base_url = models.URLField(
-        max_length=500, blank=True, help_text="The engine's OpenAI-compatible base URL (…/v1)."
+    # Not a URLField: Django's URL rule refuses single-label hosts (http://gpu-1:8000/v1) and
+    # allows credentials and fragments; engine_urls has the rule for where requests may go.
+    base_url = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[validate_engine_base_url],
+        help_text="The engine's OpenAI-compatible base URL (…/v1): http or https, a host, no "
+        "credentials, query or fragment.",
     )
     upstream_model = models.CharField(
         max_length=500,

@@ -12,6 +12,8 @@ from django.conf import settings
 from django.core.asgi import get_asgi_application
 from django.core.handlers.asgi import ASGIHandler
 
+from saas_platform.body_guard import BodyGuard
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "saas_platform.settings")
 
 django_application = get_asgi_application()  # sets Django up
@@ -32,8 +34,12 @@ class GatewayHandler(ASGIHandler):
 gateway_application = GatewayHandler()
 
 
-async def application(scope, receive, send):
+async def route(scope, receive, send):
     if scope["type"] == "http" and scope["path"].startswith("/v1/"):
         await gateway_application(scope, receive, send)
     else:
         await django_application(scope, receive, send)
+
+
+# Bodies arrive in bounded time and, on /v1/, bounded size, before Django reads them.
+application = BodyGuard(route)

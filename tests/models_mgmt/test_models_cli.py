@@ -25,7 +25,10 @@ def test_models_register_bad_input_is_one_line(manage):
     cases = [
         (["llama", "--engine", "openai"], "base_url: The openai engine needs the server's"),
         (["llama", "--engine", "tgi"], "invalid choice: 'tgi'"),
-        (["llama", "--engine", "openai", "--base-url", "not a url"], "base_url: Enter a valid URL"),
+        (
+            ["llama", "--engine", "openai", "--base-url", "not a url"],
+            "base_url: 'not a url' is not an engine base URL",
+        ),
         (["llama", "--engine", "local", "--vram-bytes", "-1"], "VRAM bytes cannot be negative"),
     ]
     for args, expected in cases:

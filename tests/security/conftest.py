@@ -1,0 +1,71 @@
+"""Fixtures for hostile-input tests: a canary server that records anything sent to it (the
+address a tenant would like the gateway to call), a gateway of a test's own (when it needs other
+settings than the shared one), and tenants with ledger data on a database the gateway sees."""
+
+import json
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.gateway import Gateway, gateway_env
+from tests.servers import free_port, gateway_command, running
+
+
+class Canary:
+    """An HTTP server on localhost that answers 200 to anything and remembers every request."""
+
+    def __init__(self):
+        self.hits: list[tuple[str, str]] = []
+        canary = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _record(self):
+                canary.hits.append((self.command, self.path))
+                body = json.dumps({"canary": True}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = _record
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def canary():
+    server = Canary()
+    thread = threading.Thread(target=server.server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+@contextmanager
+def own_gateway(tmp_path, workers: int = 1, **settings):
+    """A gateway with these settings (environment variables), for tests that change what the
+    shared session gateway runs with. Needs the test database (transactional_db)."""
+    port = free_port()
+    usage, log = tmp_path / "usage.ndjson", tmp_path / "gateway.log"
+    env = gateway_env(USAGE_NDJSON_PATH=str(usage), **settings)
+    with running(gateway_command(port, workers=workers), env=env, log=log,
+                 ready_url=f"http://127.0.0.1:{port}/healthz"):  # fmt: skip
+        yield Gateway(url=f"http://127.0.0.1:{port}", usage_path=usage, log_path=log)
+
+
+def error_of(response, status: int) -> dict:
+    """The OpenAI-shaped error of `response`, after checking its status and shape."""
+    assert response.status_code == status, response.text[:500]
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "code", "param"}
+    assert error["message"]
+    return error
