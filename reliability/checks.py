@@ -244,12 +244,14 @@ def _judge_tokens(outcome: Outcome, row, sent: dict | None, verdict: Verdict) ->
                 verdict.token_errors.append(f"{rid}: stored {stored}, shown {outcome.usage}")
         return
     if not row.counted:
-        verdict.engine_tokens += sent["prompt_tokens"] + sent["completion_tokens"]
         stored = (row.prompt_tokens, row.completion_tokens)
-        if not sent["usage_reported"] or stored != (
-            sent["prompt_tokens"],
-            sent["completion_tokens"],
-        ):
+        if not sent["usage_reported"]:
+            # The engine failed before producing anything (a 500, a hang): nothing to bill.
+            if stored != (0, 0) or sent["completion_tokens"]:
+                verdict.token_errors.append(f"{rid}: stored {stored}, engine reported nothing")
+            return
+        verdict.engine_tokens += sent["prompt_tokens"] + sent["completion_tokens"]
+        if stored != (sent["prompt_tokens"], sent["completion_tokens"]):
             verdict.token_errors.append(f"{rid}: stored {stored} as reported, engine logged {sent}")
         return
     verdict.counted += 1

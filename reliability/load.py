@@ -59,11 +59,12 @@ class Outcome:
 
     @property
     def reason(self) -> str:
+        """Why it was not admitted ("" if it was)."""
+        if self.admitted:
+            return ""
         if self.status is None:
             return f"no answer ({self.code})"
-        if self.refused:
-            return f"{self.status} {self.code}"
-        return ""
+        return f"{self.status} {self.code}"
 
 
 def _content(chunk: dict) -> bool:

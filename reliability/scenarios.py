@@ -8,7 +8,7 @@ from collections import Counter
 
 from reliability.harness import LEASE_SECONDS, Check, Platform, Row, Run, judge, under_load
 from reliability.load import Outcome, Spec
-from reliability.services import ledger_worker, wait_until
+from reliability.services import LOGS, ledger_worker, wait_until
 
 FAST = "fake"  # 8 chunks, 30 ms apart
 LONG = "fake-long"  # 40 chunks, 50 ms apart: a 2-second stream
@@ -55,7 +55,16 @@ def gateway_killed(platform: Platform) -> Row:
     facts: dict = {}
 
     async def action(run: Run, stop: asyncio.Event) -> None:
-        await asyncio.sleep(3)
+        def relaying() -> list[Outcome]:
+            return [o for o in run.load.outcomes if o.gateway == victim and o.request_id
+                    and not o.ended and o.spec.model == LONG]  # fmt: skip
+
+        await asyncio.sleep(2)
+        for _ in range(50):  # until it relays a stream, at most 5 s more
+            if relaying():
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)  # mid-stream
         in_flight = [o for o in run.load.outcomes if o.gateway == victim and o.request_id
                      and not o.ended]  # fmt: skip
         platform.gateways[victim].kill()
@@ -81,7 +90,7 @@ def gateway_killed(platform: Platform) -> Row:
     bystander = Counter(o.status for o in run.load.outcomes if o.tenant == "bystander")
     return judge("gateway SIGKILLed mid-stream", run, [
         Check("killed gateway's leases expired in time",
-              facts.get("expired_after", 99) <= LEASE_SECONDS + 1,
+              facts.get("in_flight", 0) > 0 and facts.get("expired_after", 99) <= LEASE_SECONDS + 1,
               f"{facts.get('in_flight')} leases held by it, gone after "
               f"{facts.get('expired_after', 0):.1f}s (lease {LEASE_SECONDS}s)"),
         Check("other tenant unaffected", set(bystander) == {200}, repr(dict(bystander))),
@@ -112,8 +121,8 @@ def redis_restarted(platform: Platform) -> Row:
         platform.redis.kill()
         platform.killed.add("redis")
         await asyncio.sleep(4)
+        window["up"] = time.monotonic()  # from here on it may answer
         await asyncio.to_thread(platform.redis.start)
-        window["up"] = time.monotonic()
         await asyncio.sleep(8)
 
     run = asyncio.run(under_load(platform, background(), action))
@@ -176,9 +185,16 @@ def ledger_worker_killed(platform: Platform) -> Row:
     async def crash_at(point: str) -> None:
         worker = ledger_worker(dict(platform.env, LEDGER_CRASH_AT=point), name=f"ledger-{point}")
         worker.start()
-        await asyncio.sleep(5)
+        log = LOGS / f"{worker.name}.log"
+
+        def crashed() -> bool:
+            return "exitcode 137" in log.read_text(errors="replace")
+
+        # Until its pool process has died at the crash point (a batch read, not acknowledged).
+        await asyncio.to_thread(wait_until, crashed, timeout=30, what=f"a crash {point}")
+        await asyncio.sleep(1)
         seen[point] = client.xpending(STREAM, GROUP)["pending"]
-        worker.stop()  # its children died at the crash point; this ends the rest
+        worker.stop()  # its pool processes died at the crash point; this ends the rest
 
     async def action(run: Run, stop: asyncio.Event) -> None:
         await asyncio.to_thread(platform.ledger.stop)
@@ -270,6 +286,15 @@ def _engines(node: str) -> set[str]:
     return {e.model_id for e in engine_processes(Node.objects.get(name=node)).running()}
 
 
+def _held(node: str) -> tuple[dict[str, str], set[str]]:
+    from django.db import connections
+
+    try:
+        return _placements(node), _engines(node)
+    finally:
+        connections.close_all()
+
+
 def node_worker_killed(platform: Platform) -> Row:
     """SIGKILL the node's worker while it loads a model (a llama.cpp server process starting):
     the waiting request fails cleanly (503) and a retry loads it; a second model then evicts
@@ -293,11 +318,11 @@ def node_worker_killed(platform: Platform) -> Row:
         platform.node.start()
         await asyncio.to_thread(wait_until, lambda: _placements(node).get("llama") != "loading",
                                 timeout=30, what="the restarted worker to reconcile")  # fmt: skip
-        held["after_kill"] = (_placements(node), await asyncio.to_thread(_engines, node))
+        held["after_kill"] = await asyncio.to_thread(_held, node)
         await cold
         await ask(run, "llama")  # the retry: loads for real
         await ask(run, "proc-b")  # no room for both: evicts llama
-        held["end"] = (_placements(node), await asyncio.to_thread(_engines, node))
+        held["end"] = await asyncio.to_thread(_held, node)
 
     run = asyncio.run(under_load(platform, background(), action))
     statuses = [e.split(": ")[1] for e in events if ": " in e]
