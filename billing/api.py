@@ -9,21 +9,17 @@ Errors have OpenAI's shape, as on /v1/.
 """
 
 import re
-from collections.abc import AsyncIterator, Generator
 from datetime import UTC, date, datetime
 
-from asgiref.sync import sync_to_async
-from django.core.handlers.asgi import ASGIRequest
-from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.http import content_disposition_header
 from rest_framework import serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing import exports
+from billing.downloads import invoice_download, usage_download
 from billing.invoices import invoice_for, next_month, parse_period
 from billing.models import Invoice
 from saas_platform.errors import PlatformError
@@ -69,14 +65,6 @@ def _month_start(moment: datetime) -> date:
 
 def _day_start(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-def _download_headers(filename: str) -> dict[str, str]:
-    # Invoices are the tenant's private papers, and a draft changes: no shared caches.
-    return {
-        "Content-Disposition": content_disposition_header(True, filename),
-        "Cache-Control": "private, no-store",
-    }
 
 
 class InvoiceListApi(TenantApiView):
@@ -131,12 +119,7 @@ class InvoiceExportApi(TenantApiView):
             raise UnknownFormat(
                 f"unknown format {fmt!r}; use one of {', '.join(exports.FORMATS)}", param="format"
             )
-        data = invoice_for(request.auth.tenant, _parse_period(period))
-        return HttpResponse(
-            exports.EXPORTERS[fmt](data),
-            content_type=exports.CONTENT_TYPES[fmt],
-            headers=_download_headers(exports.export_filename(data, fmt)),
-        )
+        return invoice_download(invoice_for(request.auth.tenant, _parse_period(period)), fmt)
 
 
 def _parse_moment(name: str, value: str) -> datetime:
@@ -168,28 +151,9 @@ def _usage_range(query) -> tuple[datetime, datetime]:
     return start, end
 
 
-async def _in_request_thread(chunks: Generator[bytes]) -> AsyncIterator[bytes]:
-    # Django's ASGI handler would list() a sync iterator (the whole month in memory); this pulls
-    # one chunk at a time instead. thread_sensitive: every step runs on the request's thread,
-    # whose database connection holds the server-side cursor.
-    step = sync_to_async(next, thread_sensitive=True)
-    try:
-        while (chunk := await step(chunks, None)) is not None:
-            yield chunk
-    finally:
-        await sync_to_async(chunks.close, thread_sensitive=True)()  # closes the cursor
-
-
 class UsageCsvApi(TenantApiView):
     """The tenant's ledger rows in [start, end) as CSV, streamed (default: this month)."""
 
     def get(self, request):
-        tenant = request.auth.tenant
         start, end = _usage_range(request.query_params)
-        chunks = exports.usage_csv_rows(tenant, start, end)
-        if isinstance(request._request, ASGIRequest):
-            chunks = _in_request_thread(chunks)
-        filename = f"{tenant.slug}-usage-{start:%Y%m%dT%H%M%SZ}-{end:%Y%m%dT%H%M%SZ}.csv"
-        return StreamingHttpResponse(
-            chunks, content_type="text/csv; charset=utf-8", headers=_download_headers(filename)
-        )
+        return usage_download(request._request, request.auth.tenant, start, end)

@@ -319,20 +319,24 @@ def _csv_line(values) -> bytes:
     return out.getvalue().encode()
 
 
-def usage_csv_rows(tenant, start: datetime, end: datetime) -> Iterator[bytes]:
+def usage_csv_rows(
+    tenant, start: datetime, end: datetime, *, model_id: str = ""
+) -> Iterator[bytes]:
     """CSV chunks (the header first) of the tenant's ledger rows with start <= occurred_at <
-    end, in time order. Rows are read through a server-side cursor a chunk at a time, so a
-    month of requests is never in memory at once. The bounds are checked now, not when the
-    first chunk is asked for (which, for a streamed response, is after the status was sent)."""
+    end (of one model, if given), in time order. Rows are read through a server-side cursor a
+    chunk at a time, so a month of requests is never in memory at once. The bounds are checked
+    now, not when the first chunk is asked for (which, for a streamed response, is after the
+    status was sent)."""
     if timezone.is_naive(start) or timezone.is_naive(end):
         raise ValueError("start and end need a time zone")
     if end <= start:
         raise ValueError("end must be after start")
-    rows = (
-        UsageRecord.objects.filter(tenant=tenant, occurred_at__gte=start, occurred_at__lt=end)
-        .order_by("occurred_at", "id")  # id: a stable order for rows of the same moment
-        .values_list(*_USAGE_FIELDS)
-    )
+    rows = UsageRecord.objects.filter(tenant=tenant, occurred_at__gte=start, occurred_at__lt=end)
+    if model_id:
+        rows = rows.filter(model_id=model_id)
+    rows = rows.order_by(
+        "occurred_at", "id"
+    ).values_list(*_USAGE_FIELDS)  # id: a stable order for rows of the same moment
     return _usage_chunks(rows)
 
 

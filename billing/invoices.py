@@ -127,7 +127,8 @@ def _previous_through(tenant, period: date) -> int:
     return previous.covers_through_id if previous else 0
 
 
-def _as_data(invoice: Invoice) -> InvoiceData:
+def invoice_data(invoice: Invoice) -> InvoiceData:
+    """A finalized invoice as exports and pages show it."""
     return InvoiceData(
         tenant=invoice.tenant,
         period=invoice.period,
@@ -148,7 +149,7 @@ def invoice_for(tenant, period: date) -> InvoiceData:
     """The month's invoice: the finalized one, or a draft that follows usage as it comes."""
     invoice = Invoice.objects.filter(tenant=tenant, period=period).first()
     if invoice is not None:
-        return _as_data(invoice)
+        return invoice_data(invoice)
     through = UsageRecord.objects.aggregate(top=Max("id"))["top"] or 0
     lines, currency = _lines(tenant, period, _previous_through(tenant, period), through)
     return InvoiceData(tenant=tenant, period=period, status=Invoice.Status.DRAFT, number=None,

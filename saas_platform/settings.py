@@ -4,6 +4,7 @@ Unset DATABASE_URL, REDIS_URL and CELERY_BROKER_URL give the embedded default (S
 cache and limiter, eager Celery); setting them gives the production shape. README.md lists them all.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -34,13 +35,18 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",
     "rest_framework",
+    "drf_spectacular",
+    "axes",
+    "django_htmx",
     # The project package itself: shared templates, template tags (charts) and static files.
     "saas_platform",
     "tenants",
     "inference",
     "models_mgmt",
     "billing",
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -51,7 +57,11 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # request.htmx, for views that answer an in-place update with a fragment.
+    "django_htmx.middleware.HtmxMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Counts failed sign-ins (portal and admin) and locks out after LOGIN_FAILURE_LIMIT.
+    "axes.middleware.AxesMiddleware",
     # The gateway's pair, for /v1/ only, in the seed's order: the tenant first, then billing.
     "tenants.middleware.TenantMiddleware",
     "billing.middleware.BillingMiddleware",
@@ -195,6 +205,46 @@ APIKEY_ROTATION_GRACE_SECONDS = env_int("APIKEY_ROTATION_GRACE_SECONDS", 24 * 36
 # last_used_at is written at most once per this many seconds per key.
 APIKEY_LAST_USED_INTERVAL_SECONDS = env_int("APIKEY_LAST_USED_INTERVAL_SECONDS", 60, minimum=1)
 
+# --- Sign-in (the portal at /portal/ and the admin).
+LOGIN_URL = "portal:login"
+LOGIN_REDIRECT_URL = "portal:overview"
+LOGOUT_REDIRECT_URL = "portal:login"
+AUTHENTICATION_BACKENDS = [
+    # django-axes first, so a locked-out username/address pair is refused before the password
+    # is checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed sign-ins from one address for one username before it is locked out, and for how long.
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "portal/locked_out.html"
+# Attempts are kept in the database (django-axes' default), where staff see and clear lockouts
+# in the admin; `manage.py axes_reset` clears them all.
+
+# --- Email (password resets, member invitations): printed on the console unless a server is
+# configured, so a fresh `make run` can show the flow without one.
+_mail_backend = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+MAILERS = {
+    "default": {
+        "BACKEND": _mail_backend,
+        "OPTIONS": {
+            "host": env_str("EMAIL_HOST", "localhost"),
+            "port": env_int("EMAIL_PORT", 25, minimum=1),
+            "username": env_str("EMAIL_HOST_USER"),
+            "password": env_str("EMAIL_HOST_PASSWORD"),
+            "use_tls": env_bool("EMAIL_USE_TLS", default=False),
+        }
+        if _mail_backend.endswith("smtp.EmailBackend")
+        else {},
+    }
+}
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "no-reply@localhost")
+# How long a password-reset or invitation link works.
+PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3 * 24 * 3600, minimum=60)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -223,6 +273,16 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+# The management API's OpenAPI schema, served at /api/schema (billing/api_schema.py).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Tenant management API",
+    "DESCRIPTION": "Invoices and usage of the tenant whose API key is presented. The inference "
+    "API (/v1/) has its own document, inference/openapi.yaml.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/api/",
 }
 
 LOGGING = {

@@ -1,7 +1,7 @@
 """Why a presented key is refused. Each is its own class so callers and tests can tell them apart;
 none of the messages ever contains the key itself."""
 
-from saas_platform.errors import AuthenticationFailed, PermissionDenied
+from saas_platform.errors import AuthenticationFailed, PermissionDenied, PlatformError
 
 
 class MissingApiKey(AuthenticationFailed):
@@ -36,3 +36,13 @@ class TenantSuspended(PermissionDenied):
 
     def __init__(self, slug: str):
         super().__init__(f"Tenant {slug!r} is suspended. Contact the operator.")
+
+
+class LastOwner(PlatformError):
+    """Removing or demoting the only owner would leave nobody able to manage the members."""
+
+    status = 409
+    code = "last_owner"
+
+    def __init__(self, slug: str):
+        super().__init__(f"{slug!r} needs at least one owner: make someone else owner first.")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
@@ -15,6 +16,7 @@ from django.utils import timezone
 from tenants import apikeys
 from tenants.errors import (
     ExpiredApiKey,
+    LastOwner,
     MalformedApiKey,
     MissingApiKey,
     RevokedApiKey,
@@ -144,13 +146,57 @@ def tenant_remove(*, tenant: Tenant) -> bool:
 # --- members -------------------------------------------------------------------------------
 
 
+def _lock_memberships(tenant: Tenant) -> list[Membership]:
+    # Two owners demoting each other at once must not leave the tenant with none.
+    return list(Membership.objects.select_for_update().filter(tenant=tenant))
+
+
+def _ensure_another_owner(tenant: Tenant, leaving: Membership) -> None:
+    owners = {m.pk for m in _lock_memberships(tenant) if m.role == Membership.Role.OWNER}
+    if owners == {leaving.pk}:
+        raise LastOwner(tenant.slug)
+
+
 @transaction.atomic
 def membership_set(*, tenant: Tenant, user, role: str = Membership.Role.MEMBER) -> Membership:
-    """Add a user to a tenant, or change the role they have there."""
+    """Add a user to a tenant, or change the role they have there (never demoting the last
+    owner)."""
+    existing = Membership.objects.filter(tenant=tenant, user=user).first()
+    if existing is not None and role != Membership.Role.OWNER:
+        _ensure_another_owner(tenant, existing)
     membership, _ = Membership.objects.update_or_create(
         tenant=tenant, user=user, defaults={"role": role}
     )
     return membership
+
+
+@transaction.atomic
+def membership_invite(
+    *, tenant: Tenant, email: str, role: str = Membership.Role.MEMBER
+) -> tuple[Membership, bool]:
+    """Make the user with this email a member, creating the account (with no usable password
+    until they set one through the emailed link) when there is none. Returns the membership and
+    whether the account is new. Sending the email is the caller's (it knows the site's URL)."""
+    user_model = get_user_model()
+    email = user_model.objects.normalize_email(email.strip())
+    user = user_model.objects.filter(email__iexact=email).order_by("pk").first()
+    created = user is None
+    if created:
+        user = user_model.objects.create_user(username=email.lower(), email=email)
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    membership, _ = Membership.objects.get_or_create(
+        tenant=tenant, user=user, defaults={"role": role}
+    )
+    logger.info("member invited to %s: user %s", tenant.slug, user.pk)
+    return membership, created
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership) -> None:
+    """Take a user out of a tenant (never its last owner). Their account stays."""
+    _ensure_another_owner(membership.tenant, membership)
+    membership.delete()
 
 
 # --- API keys ------------------------------------------------------------------------------

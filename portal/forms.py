@@ -1,0 +1,75 @@
+from datetime import UTC, date, datetime, timedelta
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import PasswordResetForm
+from django.utils import timezone
+
+from tenants.models import Membership
+
+MAX_USAGE_SPAN_DAYS = 366
+
+
+class DateInput(forms.DateInput):
+    input_type = "date"
+
+
+class ApiKeyCreateForm(forms.Form):
+    name = forms.CharField(
+        max_length=100, help_text="What uses the key, e.g. “production web app”."
+    )
+    expires_on = forms.DateField(
+        required=False, widget=DateInput, label="Expires on",
+        help_text="Optional. The key works through the end of this day (UTC).",
+    )  # fmt: skip
+
+    def clean_expires_on(self) -> date | None:
+        day = self.cleaned_data["expires_on"]
+        if day is not None and day < timezone.now().date():
+            raise forms.ValidationError("Pick today or a later day.")
+        return day
+
+    @property
+    def expires_at(self) -> datetime | None:
+        day = self.cleaned_data["expires_on"]
+        if day is None:
+            return None
+        return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+
+
+class UsageFilterForm(forms.Form):
+    start = forms.DateField(widget=DateInput, label="From")
+    end = forms.DateField(widget=DateInput, label="To", help_text="Inclusive.")
+    model = forms.ChoiceField(required=False, label="Model")
+
+    def __init__(self, *args, models: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["model"].choices = [("", "All models"), *((m, m) for m in models)]
+
+    def clean(self):
+        cleaned = super().clean()
+        start, end = cleaned.get("start"), cleaned.get("end")
+        if start and end:
+            if end < start:
+                self.add_error("end", "Pick a day on or after the start.")
+            elif (end - start).days >= MAX_USAGE_SPAN_DAYS:
+                self.add_error("end", f"Pick at most {MAX_USAGE_SPAN_DAYS} days at a time.")
+        return cleaned
+
+
+class InviteForm(forms.Form):
+    email = forms.EmailField(help_text="They get an email with a link to sign in.")
+    role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.MEMBER)
+
+
+class RoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Membership.Role.choices)
+
+
+class PortalPasswordResetForm(PasswordResetForm):
+    """Django's form skips accounts without a usable password; invited members have none until
+    they follow their invitation, so one who lost the email can still ask for a link."""
+
+    def get_users(self, email):
+        users = get_user_model()._default_manager.filter(email__iexact=email, is_active=True)
+        return (user for user in users if user.has_usable_password() or user.memberships.exists())

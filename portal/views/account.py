@@ -1,0 +1,52 @@
+"""Signing in and picking a tenant. Password change and reset are Django's own views with the
+portal's templates (portal/urls.py)."""
+
+from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods
+
+from portal.access import SESSION_TENANT, choose_tenant, memberships_of
+
+
+class LoginView(auth_views.LoginView):
+    template_name = "portal/login.html"
+    redirect_authenticated_user = True
+
+    def form_valid(self, form):
+        # A new sign-in picks its tenant afresh.
+        self.request.session.pop(SESSION_TENANT, None)
+        return super().form_valid(form)
+
+
+def _safe_next(request, fallback: str) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    allowed = url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    return target if allowed and target.startswith("/portal/") else fallback
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def tenant_choose(request):
+    memberships = list(memberships_of(request.user))
+    if not memberships:
+        return render(request, "portal/no_tenant.html", status=403)
+    if request.method == "POST":
+        try:
+            tenant_id = int(request.POST.get("tenant", ""))
+        except ValueError:
+            tenant_id = None
+        if tenant_id is not None and choose_tenant(request, tenant_id):
+            return redirect(_safe_next(request, reverse("portal:overview")))
+        messages.error(request, "Pick one of your tenants.")
+    context = {
+        "memberships": memberships,
+        "current": request.session.get(SESSION_TENANT),
+        "next": _safe_next(request, ""),
+    }
+    return render(request, "portal/tenant_choose.html", context)

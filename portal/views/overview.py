@@ -1,0 +1,28 @@
+from datetime import timedelta
+
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from billing.invoices import next_month
+from portal import selectors
+from portal.access import member_required
+from tenants.models import ApiKey
+
+
+@require_GET
+@member_required
+def overview(request):
+    tenant = request.tenant
+    month = selectors.this_month()
+    last_day = next_month(month) - timedelta(days=1)
+    now = timezone.now()
+    keys = list(tenant.api_keys.all())
+    context = {
+        "summary": selectors.month_summary(tenant, month),
+        "chart": selectors.usage_chart(tenant, month, last_day),
+        "active_keys": sum(1 for key in keys if key.state_at(now) == ApiKey.State.ACTIVE),
+        "has_keys": bool(keys),
+        "recent_invoices": selectors.invoices_of(tenant)[:3],
+    }
+    return render(request, "portal/overview.html", context)
