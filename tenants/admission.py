@@ -29,6 +29,7 @@ from billing.spend import month_key, spend_get_local, spend_key
 from saas_platform import metrics
 from saas_platform.errors import RateLimited, ServiceUnavailable
 from tenants.admission_lua import ADMIT, RELEASE, RENEW
+from tenants.refusals import count_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +332,7 @@ async def acquire(*, tenant, lease_id: str, tokens: int) -> tuple[Lease, Decisio
         ) from None
     if not decision.admitted:
         metrics.REFUSALS.labels(reason=decision.reason).inc()
+        count_refusal(decision.reason)
         message = _REFUSAL_MESSAGES[decision.reason].format(
             max_concurrent=limits.max_concurrent,
             rpm=limits.requests_per_minute,

@@ -10,7 +10,7 @@ from django.db import DatabaseError
 from saas_platform import metrics
 from saas_platform.errors import PlatformError, ServiceUnavailable, error_response
 from saas_platform.threads import in_db_thread
-from tenants import services
+from tenants import refusals, services
 from tenants.admission import rate_limit_headers
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class TenantMiddleware:
             found = await _authenticate(bearer_key(request))
         except PlatformError as error:
             metrics.REFUSALS.labels(reason=error.code).inc()
+            refusals.count_refusal(error.code)
             return error_response(error)
         except DatabaseError:
             logger.exception("key lookup failed: database unavailable")

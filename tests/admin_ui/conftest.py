@@ -26,6 +26,9 @@ def admin_client(client, operator):
 def llama_price(db):
     """28,000 per million tokens in and out: a default test event (1,000 + 500 tokens) costs
     exactly 42.00."""
-    return price_set(model_id="llama", input_per_million=Decimal(28_000),
-                     output_per_million=Decimal(28_000),
-                     effective_from=datetime.now(tz=UTC) - timedelta(days=400))  # fmt: skip
+    return price_set(
+        model_id="llama",
+        input_per_million=Decimal(28_000),
+        output_per_million=Decimal(28_000),
+        effective_from=datetime.now(tz=UTC) - timedelta(days=400),
+    )

@@ -20,8 +20,9 @@ def _now():
     return datetime.now(tz=UTC)
 
 
-def test_the_list_shows_status_quota_month_usage_and_budget_use(admin_client, acme, globex,
-                                                                 llama_price):  # fmt: skip
+def test_the_list_shows_status_quota_month_usage_and_budget_use(
+    admin_client, acme, globex, llama_price
+):
     services.tenant_update(tenant=acme, monthly_budget=Decimal("100.00"))
     store(event(acme, at=_now()))  # 1,500 tokens, 42.00
     first = month_start()
@@ -65,8 +66,7 @@ def test_the_change_page_has_a_usage_chart_by_model_and_no_key_secret(
 
     page = admin_client.get(f"/admin/tenants/tenant/{acme.pk}/change/").content.decode()
 
-    spec = json.loads(re.search(r'id="tenant-usage-chart-spec"[^>]*>(.*?)</script>', page,
-                                re.S)[1])  # fmt: skip
+    spec = json.loads(re.search(r'id="tenant-usage-chart-spec"[^>]*>(.*?)</script>', page, re.S)[1])
     assert {d["label"] for d in spec["datasets"]} == {"llama", "mistral"}
     assert len(spec["labels"]) == 30
     assert spec["datasets"][0]["data"][-1] == 1500  # today, the last bar
@@ -77,11 +77,18 @@ def test_the_change_page_has_a_usage_chart_by_model_and_no_key_secret(
 
 def test_quotas_are_validated_as_everywhere_and_nothing_is_saved(admin_client, acme):
     form = {
-        "slug": "acme", "name": "Acme Corp", "max_concurrent_requests": "0",
-        "max_tokens_per_minute": "1000", "max_requests_per_minute": "", "model_allow_list": "[]",
-        "monthly_budget": "", "memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0",
-        "api_keys-TOTAL_FORMS": "0", "api_keys-INITIAL_FORMS": "0",
-    }  # fmt: skip
+        "slug": "acme",
+        "name": "Acme Corp",
+        "max_concurrent_requests": "0",
+        "max_tokens_per_minute": "1000",
+        "max_requests_per_minute": "",
+        "model_allow_list": "[]",
+        "monthly_budget": "",
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
+        "api_keys-TOTAL_FORMS": "0",
+        "api_keys-INITIAL_FORMS": "0",
+    }
 
     response = admin_client.post(f"/admin/tenants/tenant/{acme.pk}/change/", form)
 
