@@ -222,7 +222,7 @@ def engine_failures(platform: Platform) -> Row:
         return rng.choice(kinds)
 
     async def action(run: Run, stop: asyncio.Event) -> None:
-        await asyncio.sleep(10)
+        await asyncio.sleep(14)  # hangs and stalls take UPSTREAM_READ_TIMEOUT (8 s) each
 
     clients = [*background(), {"tenant": "failing", "workers": 4, "pick": failing}]
     run = asyncio.run(under_load(platform, clients, action))
