@@ -2,7 +2,7 @@
 
 from django.urls import path, re_path
 
-from billing import api
+from billing import api, api_schema
 
 app_name = "billing"
 
@@ -16,4 +16,5 @@ urlpatterns = [
         name="invoice-export",
     ),
     path("usage.csv", api.UsageCsvApi.as_view(), name="usage-csv"),
+    path("schema", api_schema.schema_view, name="schema"),
 ]

@@ -34,6 +34,13 @@ class MethodNotAllowed(PlatformError):
     status = 405
     code = "method_not_allowed"
 
+    def __init__(self, message: str, *, allow: str):
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}  # RFC 9110: a 405 names the methods that are allowed
+
 
 class UnknownEndpoint(PlatformError):
     status = 404
@@ -69,7 +76,7 @@ def _read_body(request) -> bytes:
 
 async def _serve(request, endpoint: Endpoint):
     if request.method != "POST":
-        return error_response(MethodNotAllowed(f"Use POST for {request.path}."))
+        return error_response(MethodNotAllowed(f"Use POST for {request.path}.", allow="POST"))
     meter = request.usage
     try:
         parsed = parsing.parse(endpoint, _read_body(request))
@@ -138,7 +145,7 @@ def _model_object(model: ServedModel) -> dict:
 
 def _only_get(request):
     if request.method not in ("GET", "HEAD"):
-        return error_response(MethodNotAllowed(f"Use GET for {request.path}."))
+        return error_response(MethodNotAllowed(f"Use GET for {request.path}.", allow="GET, HEAD"))
     return None
 
 
