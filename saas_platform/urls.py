@@ -1,10 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from saas_platform.health import healthz
 from saas_platform.metrics import metrics_view
 
 urlpatterns = [
+    # People who open the server's address land on the portal (the API lives under /v1/).
+    path("", RedirectView.as_view(pattern_name="portal:overview"), name="home"),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("portal/", include("portal.urls")),

@@ -19,18 +19,21 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-sync"]  # fmt: skip
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Chromium for one test module. Playwright's sync API keeps an event loop running on the
+    test's thread while it lives, which breaks async_to_sync in tests that follow; so it lives
+    only as long as a module, and modules with browser tests hold nothing else."""
     from playwright.sync_api import sync_playwright
 
-    # Playwright's sync API keeps an event loop running under the test's thread, which Django's
-    # ORM guard mistakes for async code; the test's own queries are plain sync ones.
+    # Django's ORM guard mistakes that loop for async code; the test's queries are plain sync.
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                               args=CHROMIUM_ARGS)  # fmt: skip
         yield chromium
         chromium.close()
+    del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
 @pytest.fixture

@@ -1,0 +1,130 @@
+"""The portal end to end in headless Chromium against the running server: a member signs in,
+creates a key and sees it once, calls the API with it through the `openai` client, sees the
+usage appear, revokes the key and sees the next call refused, and downloads an invoice PDF.
+Each page is saved under test-output/screenshots/."""
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import openai
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from playwright.sync_api import expect
+
+from billing.invoices import invoice_close
+from billing.ledger import ledger_drain
+from billing.models import UsageRecord
+from tenants import services
+from tenants.models import Membership
+from tests.billing.factories import event, store
+from tests.browser import screenshot, sign_in
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def member(catalog):
+    tenant = services.tenant_register(slug="initech", name="Initech", monthly_budget=50,
+                                      max_requests_per_minute=600)  # fmt: skip
+    user = get_user_model().objects.create_user("peter", "peter@initech.example", "tps-report-9")
+    services.membership_set(tenant=tenant, user=user, role=Membership.Role.OWNER)
+    return tenant
+
+
+def _ledger_rows(tenant, expected: int, timeout: float = 10.0) -> int:
+    # What the billing worker does every few seconds, done here so the test needn't wait.
+    deadline = time.monotonic() + timeout
+    while True:
+        ledger_drain()
+        count = UsageRecord.objects.filter(tenant=tenant).count()
+        if count >= expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.2)
+
+
+def test_a_member_creates_uses_and_revokes_a_key(page, gateway, member):
+    sign_in(page, "peter", "tps-report-9")
+    expect(page.get_by_role("heading", name="Initech")).to_be_visible()
+    expect(page.get_by_text("No usage this month yet")).to_be_visible()
+    screenshot(page, "portal-overview-empty")
+
+    page.get_by_role("link", name="API keys").click()
+    expect(page.get_by_text("No keys yet")).to_be_visible()
+    page.get_by_label("Name").fill("browser test")
+    page.get_by_role("button", name="Create key").click()
+    expect(page.get_by_text("this is the only time it is shown")).to_be_visible()
+    key = page.locator("#new-key").input_value()
+    assert key.startswith("sk-")
+    page.get_by_role("button", name="Copy").click()
+    expect(page.locator("#copy-status")).not_to_be_empty()
+    screenshot(page, "portal-key-created")
+
+    page.get_by_role("link", name="API keys").click()
+    assert key not in page.content()  # shown once only
+    expect(page.get_by_text("never").first).to_be_visible()  # not used yet
+
+    client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+    reply = client.chat.completions.create(model="fake", messages=[{"role": "user", "content":
+                                           "hello"}])  # fmt: skip
+    assert reply.usage.total_tokens > 0
+    assert _ledger_rows(member, 1) == 1
+
+    page.get_by_role("link", name="Overview").click()
+    expect(page.locator("canvas#usage-by-day")).to_be_visible()
+    expect(page.get_by_text("· 1 request")).to_be_visible()
+    screenshot(page, "portal-overview")
+
+    page.get_by_role("link", name="Usage").click()
+    expect(page.get_by_role("cell", name="fake", exact=True)).to_be_visible()
+    expect(page.locator("canvas#usage-chart")).to_be_visible()
+    screenshot(page, "portal-usage")
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download per-request CSV").click()
+    csv_text = download_info.value.path().read_text()
+    assert f",fake,{key[:11]}," in csv_text
+
+    page.get_by_role("link", name="API keys").click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name=f"Revoke {key[:11]}").click()
+    expect(page.get_by_text("Revoked", exact=True)).to_be_visible()
+    screenshot(page, "portal-keys")
+    with pytest.raises(openai.AuthenticationError, match="revoked"):
+        client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "x"}])
+    assert _ledger_rows(member, 1) == 1  # the refused call is not billed
+
+
+def test_a_member_downloads_an_invoice_pdf(page, gateway, member):
+    last_month = (timezone.now().date().replace(day=1) - timedelta(days=1)).replace(day=1)
+    store(event(member, model="fake", prompt=1200, completion=800,
+                at=datetime(last_month.year, last_month.month, 5, tzinfo=UTC)))  # fmt: skip
+    invoice = invoice_close(tenant=member, period=last_month)
+
+    sign_in(page, "peter", "tps-report-9")
+    page.get_by_role("link", name="Invoices").click()
+    screenshot(page, "portal-invoices")
+    page.get_by_role("link", name=invoice.number).click()
+    expect(page.get_by_role("heading", name=f"Invoice {invoice.number}")).to_be_visible()
+    screenshot(page, "portal-invoice")
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download PDF").click()
+    download = download_info.value
+    assert download.suggested_filename.endswith(".pdf")
+    assert download.path().read_bytes().startswith(b"%PDF")
+
+    page.get_by_role("link", name="Members").click()
+    expect(page.get_by_role("cell", name="peter@initech.example (you)")).to_be_visible()
+    screenshot(page, "portal-members")
+
+
+def test_sign_in_errors_and_the_tenant_chooser(page, gateway, member, acme):
+    sign_in(page, "peter", "wrong password")
+    expect(page.get_by_text("Please enter a correct username and password")).to_be_visible()
+    screenshot(page, "portal-login-error")
+    services.membership_set(tenant=acme, user=get_user_model().objects.get(username="peter"))
+    sign_in(page, "peter", "tps-report-9")
+    expect(page.get_by_role("heading", name="Choose a tenant")).to_be_visible()
+    screenshot(page, "portal-choose-tenant")
+    page.get_by_role("button", name="Acme Corp").click()
+    expect(page.get_by_role("heading", name="Acme Corp")).to_be_visible()
+    expect(page.get_by_role("link", name="Members")).to_have_count(0)  # a member, not owner
