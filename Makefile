@@ -28,7 +28,7 @@ help:
 	@echo "make run    - set up, migrate, seed a demo tenant and key, serve on $(HOST):$(PORT)"
 	@echo "make serve  - serve only (no seeding); honours every setting in README.md"
 	@echo "make test   - the whole suite against PostgreSQL and Redis on localhost"
-	@echo "make lint   - ruff check and format check"
+	@echo "make lint   - ruff check and format check, bandit, pip-audit"
 	@echo "make bench  - the gateway against a direct call, admission and model manager rates"
 	@echo "make reliability - break Redis, PostgreSQL, gateways and workers under load; docs/reliability.md"
 
@@ -79,6 +79,10 @@ test: $(STAMP) $(NODE_STAMP) services browser
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit -q -c pyproject.toml -r .
+	@# Known vulnerabilities of the installed packages, from PyPI's JSON API. Where that API
+	@# cannot be reached, packages are listed as not audited; PIP_AUDIT_ARGS=--strict fails then.
+	$(BIN)/pip-audit --local --skip-editable --progress-spinner off $(PIP_AUDIT_ARGS)
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -213,7 +213,7 @@ class EngineProcesses:
         marker = {_STATE_DIR_ENV: str(self.state_dir), _MODEL_ENV: model_id}
         with log_path.open("wb") as log:
             try:
-                child = subprocess.Popen(  # noqa: S603 - the operator's template, no shell
+                child = subprocess.Popen(  # noqa: S603 - staff's template, no shell # nosec B603
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
