@@ -49,11 +49,12 @@ def page(browser, gateway):
     assert not errors, f"JavaScript errors on the page: {errors}"
 
 
-def screenshot(page, name: str) -> Path:
-    """Save the whole page as test-output/screenshots/<name>.png."""
+def screenshot(page, name: str, *, hide=()) -> Path:
+    """Save the whole page as test-output/screenshots/<name>.png, with the `hide` locators
+    (secrets: the copies go into docs/) painted over."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{re.sub(r'[^a-z0-9-]+', '-', name.lower())}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=True, mask=list(hide), mask_color="#9aa5b1")
     return path
 
 

@@ -38,6 +38,7 @@ def test_make_run_seeds_serves_and_its_printed_examples_work(tmp_path):
                                        cwd=ROOT, timeout=120, check=False)  # fmt: skip
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models",
                            headers={"Authorization": f"Bearer {key}"}).json()  # fmt: skip
+        overview = _portal_overview(f"http://127.0.0.1:{port}", output)
 
     assert '"object": "chat.completion"' in curl_result.stdout, curl_result.stdout
     assert python_result.returncode == 0, python_result.stderr
@@ -47,6 +48,9 @@ def test_make_run_seeds_serves_and_its_printed_examples_work(tmp_path):
         "smollm2-135m-instruct",
     ]
     assert "http://127.0.0.1:" in output
+    # the printed portal account signs in and sees the two requests just made
+    assert "Demo tenant" in overview
+    assert "· 2 requests" in overview
     # the embedded default stores usage straight in its database
     ledger = subprocess.run(
         [str(ROOT / ".venv/bin/python"), "manage.py", "shell", "-c",
@@ -54,3 +58,13 @@ def test_make_run_seeds_serves_and_its_printed_examples_work(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert ledger.stdout.strip().splitlines()[-1] == "2", ledger.stderr
+
+
+def _portal_overview(base_url: str, output: str) -> str:
+    password = re.search(r"user 'demo', password (\S+),", output).group(1)
+    with httpx.Client(base_url=base_url) as browser:
+        token = browser.get("/portal/login/").cookies["csrftoken"]
+        signed_in = browser.post("/portal/login/", data={
+            "username": "demo", "password": password, "csrfmiddlewaretoken": token,
+        }, headers={"Referer": f"{base_url}/portal/login/"}, follow_redirects=True)  # fmt: skip
+        return signed_in.text

@@ -5,6 +5,7 @@ Each page is saved under test-output/screenshots/."""
 
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import openai
 import pytest
@@ -15,6 +16,7 @@ from playwright.sync_api import expect
 from billing.invoices import invoice_close
 from billing.ledger import ledger_drain
 from billing.models import UsageRecord
+from billing.pricing import price_set
 from tenants import services
 from tenants.models import Membership
 from tests.billing.factories import event, store
@@ -29,6 +31,8 @@ def member(catalog):
                                       max_requests_per_minute=600)  # fmt: skip
     user = get_user_model().objects.create_user("peter", "peter@initech.example", "tps-report-9")
     services.membership_set(tenant=tenant, user=user, role=Membership.Role.OWNER)
+    price_set(model_id="fake", input_per_million=Decimal("2.50"), output_per_million=Decimal(10),
+              effective_from=datetime(2020, 1, 1, tzinfo=UTC))  # fmt: skip
     return tenant
 
 
@@ -58,7 +62,7 @@ def test_a_member_creates_uses_and_revokes_a_key(page, gateway, member):
     assert key.startswith("sk-")
     page.get_by_role("button", name="Copy").click()
     expect(page.locator("#copy-status")).not_to_be_empty()
-    screenshot(page, "portal-key-created")
+    screenshot(page, "portal-key-created", hide=[page.locator("#new-key")])
 
     page.get_by_role("link", name="API keys").click()
     assert key not in page.content()  # shown once only
@@ -96,7 +100,7 @@ def test_a_member_creates_uses_and_revokes_a_key(page, gateway, member):
 
 def test_a_member_downloads_an_invoice_pdf(page, gateway, member):
     last_month = (timezone.now().date().replace(day=1) - timedelta(days=1)).replace(day=1)
-    store(event(member, model="fake", prompt=1200, completion=800,
+    store(event(member, model="fake", prompt=1_200_000, completion=800_000,
                 at=datetime(last_month.year, last_month.month, 5, tzinfo=UTC)))  # fmt: skip
     invoice = invoice_close(tenant=member, period=last_month)
 
@@ -105,6 +109,7 @@ def test_a_member_downloads_an_invoice_pdf(page, gateway, member):
     screenshot(page, "portal-invoices")
     page.get_by_role("link", name=invoice.number).click()
     expect(page.get_by_role("heading", name=f"Invoice {invoice.number}")).to_be_visible()
+    expect(page.get_by_text("11.00 USD")).to_be_visible()  # 1.2M in at 2.50 + 0.8M out at 10
     screenshot(page, "portal-invoice")
     with page.expect_download() as download_info:
         page.get_by_role("link", name="Download PDF").click()

@@ -24,7 +24,7 @@
         maintainAspectRatio: false,
         animation: false,
         plugins: {
-          legend: { display: spec.datasets.length > 1, position: "bottom" },
+          legend: { display: spec.kind !== "hbar", position: "bottom" },
           tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${number.format(c.raw)} ${spec.unit}` } },
         },
         scales: {

@@ -1,11 +1,13 @@
+import secrets
 import shlex
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 from models_mgmt.models import ServedModel
 from models_mgmt.services import model_register
 from tenants import services
-from tenants.models import Tenant
+from tenants.models import Membership, Tenant
 
 DEMO_SLUG = "demo"
 CHAT_MODEL = "smollm2-135m-instruct"
@@ -60,4 +62,20 @@ class Command(BaseCommand):
                 f"\nSeeded tenant '{tenant.slug}', the local models {CHAT_MODEL} and "
                 f"{EMBEDDING_MODEL}, and this API key (shown once, store it now):\n\n    {key}"
             )
+            self._seed_owner(tenant, base_url)
         self.stdout.write(examples(base_url, key))
+
+    def _seed_owner(self, tenant, base_url: str) -> None:
+        """An owner account for the portal, with a password shown once (unless a user of that
+        name exists already, e.g. made by hand)."""
+        users = get_user_model().objects
+        if users.filter(username=DEMO_SLUG).exists():
+            return
+        password = secrets.token_urlsafe(12)
+        user = users.create_user(DEMO_SLUG, f"{DEMO_SLUG}@example.com", password)
+        services.membership_set(tenant=tenant, user=user, role=Membership.Role.OWNER)
+        self.stdout.write(
+            f"\nThe tenant portal: {base_url}/portal/ (user '{DEMO_SLUG}', password {password}, "
+            "shown once; change it there). For the operator admin at "
+            f"{base_url}/admin/: .venv/bin/python manage.py createsuperuser"
+        )
