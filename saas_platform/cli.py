@@ -5,6 +5,7 @@ import sys
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import OperationalError, ProgrammingError
 
 from saas_platform.errors import PlatformError
 from tenants.quotas import validation_message
@@ -43,6 +44,13 @@ class ScriptableCommand(BaseCommand):
             raise CommandError(validation_message(error)) from None
         except PlatformError as error:  # a service refused: its message is for the user
             raise CommandError(error.message) from None
+        except (OperationalError, ProgrammingError) as error:
+            # Most often a database never migrated or not reachable: say so, not a traceback.
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise CommandError(
+                f"the database is not usable ({first_line}); is it reachable, and has "
+                "`manage.py migrate` been run?"
+            ) from None
 
 
 def format_table(rows: list[tuple[str, ...]]) -> list[str]:

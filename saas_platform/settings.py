@@ -237,6 +237,9 @@ AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minim
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "portal/locked_out.html"
+# Its start-up banner would land on every management command's stderr, where scripts expect
+# only our one-line errors; lockouts are still logged.
+AXES_VERBOSE = False
 # Attempts are kept in the database (django-axes' default), where staff see and clear lockouts
 # in the admin; `manage.py axes_reset` clears them all.
 
