@@ -83,6 +83,13 @@ def test_a_member_creates_uses_and_revokes_a_key(page, gateway, member):
     expect(page.get_by_role("cell", name="fake", exact=True)).to_be_visible()
     expect(page.locator("canvas#usage-chart")).to_be_visible()
     screenshot(page, "portal-usage")
+    page.get_by_label("Model (optional)").select_option("fake")  # htmx updates the results in place
+    page.wait_for_url("**model=fake**")
+    expect(page.get_by_role("cell", name="fake", exact=True)).to_be_visible()
+    page.get_by_label("From", exact=True).fill("2030-01-01")
+    expect(page.get_by_text("Pick a day on or after the start.")).to_be_visible()
+    page.get_by_label("From", exact=True).fill(timezone.now().date().replace(day=1).isoformat())
+    expect(page.get_by_role("cell", name="fake", exact=True)).to_be_visible()
     with page.expect_download() as download_info:
         page.get_by_role("link", name="Download per-request CSV").click()
     csv_text = download_info.value.path().read_text()

@@ -15,6 +15,13 @@
       if (status) status.textContent = "Selected: press Ctrl+C (⌘C) to copy.";
     }
   });
+  // A form error comes back as 400 with the fragment to show; htmx leaves 4xx unswapped.
+  document.addEventListener("htmx:beforeSwap", (event) => {
+    if (event.detail.xhr.status === 400) {
+      event.detail.shouldSwap = true;
+      event.detail.isError = false;
+    }
+  });
   document.addEventListener("submit", (event) => {
     const message = event.target.dataset.confirm;
     if (message && !window.confirm(message)) event.preventDefault();
