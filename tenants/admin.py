@@ -13,13 +13,21 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from billing.admin_selectors import last_days, month_start, tokens_by_model, with_month_usage
+from billing.admin_selectors import last_days, tokens_by_model, with_month_usage
 from saas_platform.charts import daily_chart
 from saas_platform.errors import PlatformError
 from tenants import services
 from tenants.models import ApiKey, Membership, Tenant
 
 USAGE_CHART_DAYS = 30
+
+
+def _short(n: int) -> str:
+    """100000 as 100k, 1500000 as 1.5M: quotas at a glance."""
+    for size, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if n >= size:
+            return f"{n / size:.1f}".removesuffix(".0") + suffix
+    return str(n)
 
 
 def _badge(state: str, label: str):
@@ -55,7 +63,6 @@ class ApiKeyInline(admin.TabularInline):
 class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "status_badge", "quota", "month_tokens_display",
                     "month_spend_display", "budget_use"]  # fmt: skip
-    list_display_links = ["slug", "name"]
     list_filter = ["status"]
     search_fields = ["slug", "name"]
     readonly_fields = ["status", "created_at"]
@@ -86,10 +93,13 @@ class TenantAdmin(admin.ModelAdmin):
     def quota(self, tenant):
         rpm = tenant.max_requests_per_minute
         return format_html(
-            "{} concurrent · {} tokens/min{}",
+            '{} <abbr title="concurrent requests">conc.</abbr> · {} '
+            '<abbr title="tokens per minute">TPM</abbr>{}',
             tenant.max_concurrent_requests,
-            f"{tenant.max_tokens_per_minute:,}",
-            f" · {rpm:,} req/min" if rpm else "",
+            _short(tenant.max_tokens_per_minute),
+            format_html(' · {} <abbr title="requests per minute">RPM</abbr>', _short(rpm))
+            if rpm
+            else "",
         )
 
     @admin.display(description="tokens this month", ordering="month_tokens")
@@ -128,6 +138,15 @@ class TenantAdmin(admin.ModelAdmin):
         else:
             saved = services.tenant_register(slug=obj.slug, name=obj.name, **fields)
             obj.pk = saved.pk
+
+    def delete_model(self, request, obj):
+        # A tenant that used the platform is suspended with its keys revoked, never deleted.
+        if not services.tenant_remove(tenant=obj):
+            messages.warning(request, f"{obj.slug} has usage: suspended, keys revoked, kept.")
+
+    def delete_queryset(self, request, queryset):
+        for tenant in queryset:
+            self.delete_model(request, tenant)
 
     def save_formset(self, request, form, formset, change):
         if formset.model is not Membership:
@@ -192,7 +211,15 @@ class TenantAdmin(admin.ModelAdmin):
                 f"Tokens per day by model, last {USAGE_CHART_DAYS} days",
                 tokens_by_model(tenant=tenant, first=first, last=last), first, last,
             )  # fmt: skip
-            extra_context["month_start"] = month_start()
+            extra_context["month_summary"] = (
+                f"This month: {tenant.month_tokens:,} tokens, {tenant.month_spend:,.2f} spent"
+                + (
+                    ""
+                    if tenant.monthly_budget is None
+                    else f" of a {tenant.monthly_budget:,.2f} budget"
+                )
+                + "."
+            )
             extra_context["status_url"] = reverse("admin:tenants_tenant_status", args=[tenant.pk])
         return super().change_view(request, object_id, form_url, extra_context)
 

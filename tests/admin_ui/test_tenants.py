@@ -36,7 +36,7 @@ def test_the_list_shows_status_quota_month_usage_and_budget_use(
     assert "1,500" in acme_row
     assert "42.00" in acme_row
     assert "42% of 100.00" in acme_row
-    assert "4 concurrent" in acme_row
+    assert '4 <abbr title="concurrent requests">conc.</abbr> · 100k' in acme_row
     assert "admin-badge-active" in acme_row
     globex_row = re.search(r"<tr[^>]*>(?:(?!</tr>).)*>globex<(?:(?!</tr>).)*</tr>", page, re.S)[0]
     assert "admin-badge-suspended" in globex_row
