@@ -63,3 +63,18 @@ def sign_in(page, username: str, password: str, *, next_path: str = "/portal/") 
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
+
+
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"  # from npm (package.json devDependencies)
+
+
+def assert_accessible(page) -> None:
+    """No serious or critical WCAG 2 A/AA violation on the page, as axe-core finds them."""
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate("async () => await axe.run(document, {runOnly: ['wcag2a', 'wcag2aa']})")
+    serious = [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes'][:3]]}"
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+    assert not serious, f"{page.url}: {serious}"

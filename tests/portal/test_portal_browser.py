@@ -20,7 +20,7 @@ from billing.pricing import price_set
 from tenants import services
 from tenants.models import Membership
 from tests.billing.factories import event, store
-from tests.browser import screenshot, sign_in
+from tests.browser import assert_accessible, screenshot, sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -52,6 +52,7 @@ def test_a_member_creates_uses_and_revokes_a_key(page, gateway, member):
     expect(page.get_by_role("heading", name="Initech")).to_be_visible()
     expect(page.get_by_text("No usage this month yet")).to_be_visible()
     screenshot(page, "portal-overview-empty")
+    assert_accessible(page)
 
     page.get_by_role("link", name="API keys").click()
     expect(page.get_by_text("No keys yet")).to_be_visible()
@@ -63,6 +64,7 @@ def test_a_member_creates_uses_and_revokes_a_key(page, gateway, member):
     page.get_by_role("button", name="Copy").click()
     expect(page.locator("#copy-status")).not_to_be_empty()
     screenshot(page, "portal-key-created", hide=[page.locator("#new-key")])
+    assert_accessible(page)
 
     page.get_by_role("link", name="API keys").click()
     assert key not in page.content()  # shown once only
@@ -78,11 +80,13 @@ def test_a_member_creates_uses_and_revokes_a_key(page, gateway, member):
     expect(page.locator("canvas#usage-by-day")).to_be_visible()
     expect(page.get_by_text("· 1 request")).to_be_visible()
     screenshot(page, "portal-overview")
+    assert_accessible(page)
 
     page.get_by_role("link", name="Usage").click()
     expect(page.get_by_role("cell", name="fake", exact=True)).to_be_visible()
     expect(page.locator("canvas#usage-chart")).to_be_visible()
     screenshot(page, "portal-usage")
+    assert_accessible(page)
     page.get_by_label("Model (optional)").select_option("fake")  # htmx updates the results in place
     page.wait_for_url("**model=fake**")
     expect(page.get_by_role("cell", name="fake", exact=True)).to_be_visible()
@@ -100,6 +104,7 @@ def test_a_member_creates_uses_and_revokes_a_key(page, gateway, member):
     page.get_by_role("button", name=f"Revoke {key[:11]}").click()
     expect(page.get_by_text("Revoked", exact=True)).to_be_visible()
     screenshot(page, "portal-keys")
+    assert_accessible(page)
     with pytest.raises(openai.AuthenticationError, match="revoked"):
         client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "x"}])
     assert _ledger_rows(member, 1) == 1  # the refused call is not billed
@@ -114,10 +119,12 @@ def test_a_member_downloads_an_invoice_pdf(page, gateway, member):
     sign_in(page, "peter", "tps-report-9")
     page.get_by_role("link", name="Invoices").click()
     screenshot(page, "portal-invoices")
+    assert_accessible(page)
     page.get_by_role("link", name=invoice.number).click()
     expect(page.get_by_role("heading", name=f"Invoice {invoice.number}")).to_be_visible()
     expect(page.get_by_text("11.00 USD")).to_be_visible()  # 1.2M in at 2.50 + 0.8M out at 10
     screenshot(page, "portal-invoice")
+    assert_accessible(page)
     with page.expect_download() as download_info:
         page.get_by_role("link", name="Download PDF").click()
     download = download_info.value
@@ -127,16 +134,19 @@ def test_a_member_downloads_an_invoice_pdf(page, gateway, member):
     page.get_by_role("link", name="Members").click()
     expect(page.get_by_role("cell", name="peter@initech.example (you)")).to_be_visible()
     screenshot(page, "portal-members")
+    assert_accessible(page)
 
 
 def test_sign_in_errors_and_the_tenant_chooser(page, gateway, member, acme):
     sign_in(page, "peter", "wrong password")
     expect(page.get_by_text("Please enter a correct username and password")).to_be_visible()
     screenshot(page, "portal-login-error")
+    assert_accessible(page)
     services.membership_set(tenant=acme, user=get_user_model().objects.get(username="peter"))
     sign_in(page, "peter", "tps-report-9")
     expect(page.get_by_role("heading", name="Choose a tenant")).to_be_visible()
     screenshot(page, "portal-choose-tenant")
+    assert_accessible(page)
     page.get_by_role("button", name="Acme Corp").click()
     expect(page.get_by_role("heading", name="Acme Corp")).to_be_visible()
     expect(page.get_by_role("link", name="Members")).to_have_count(0)  # a member, not owner
