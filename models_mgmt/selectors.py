@@ -34,8 +34,11 @@ class _CatalogCache:
         self.models: dict[str, ServedModel] = {}
         self.loaded_at = float("-inf")
 
+    def fresh(self) -> bool:
+        return time.monotonic() - self.loaded_at <= settings.CATALOG_CACHE_SECONDS
+
     def get(self) -> dict[str, ServedModel]:
-        if time.monotonic() - self.loaded_at > settings.CATALOG_CACHE_SECONDS:
+        if not self.fresh():
             try:
                 self.models = {model.model_id: model for model in enabled_models()}
             except DatabaseError:
@@ -53,5 +56,8 @@ _catalog_lookup = in_db_thread(_catalog.get)
 
 
 async def acatalog() -> dict[str, ServedModel]:
-    """The enabled models by id, at most CATALOG_CACHE_SECONDS old."""
+    """The enabled models by id, at most CATALOG_CACHE_SECONDS old. Only a reload goes to the
+    thread pool: a fresh catalog is answered on the event loop, with no thread hop."""
+    if _catalog.fresh():
+        return _catalog.models
     return await _catalog_lookup()

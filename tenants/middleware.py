@@ -3,15 +3,19 @@ key names the tenant, or the request is refused with OpenAI's error shape. It au
 itself, before any view, and adds OpenAI's x-ratelimit-* headers to every response."""
 
 import logging
+import time
 
 from asgiref.sync import markcoroutinefunction
+from django.conf import settings
 from django.db import DatabaseError
+from django.utils import timezone
 
 from saas_platform import metrics
 from saas_platform.errors import PlatformError, ServiceUnavailable, error_response
 from saas_platform.threads import in_db_thread
-from tenants import refusals, services
+from tenants import apikeys, refusals, services
 from tenants.admission import rate_limit_headers
+from tenants.models import ApiKey
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +31,31 @@ def bearer_key(request) -> str | None:
 
 
 # Key lookups may touch the database; they run in the thread pool so the event loop never waits.
-_authenticate = in_db_thread(services.tenant_for_key)
+_lookup_in_thread = in_db_thread(services.tenant_for_key)
+
+# A key this process authenticated in the last second is served from here, on the event loop:
+# no thread hop and no cache round trip per request. A revocation or suspension (which clears
+# the shared cache at once) reaches this process within that second.
+RECENT_KEY_SECONDS = 1.0
+_recent: dict[str, tuple[float, services.Authenticated]] = {}
+
+
+async def _authenticate(presented: str | None) -> services.Authenticated:
+    ttl = min(RECENT_KEY_SECONDS, settings.APIKEY_CACHE_SECONDS)
+    digest = apikeys.key_digest(presented) if presented else None
+    hit = _recent.get(digest) if digest else None
+    now = time.monotonic()
+    if hit is not None and hit[0] > now:
+        found = hit[1]
+        # Expiry is a moment, not an event: checked on every request.
+        if found.api_key.state_at(timezone.now()) == ApiKey.State.ACTIVE:
+            return found
+    found = await _lookup_in_thread(presented)
+    if ttl > 0:
+        if len(_recent) > 10_000:
+            _recent.clear()
+        _recent[digest] = (now + ttl, found)
+    return found
 
 
 class TenantMiddleware:
