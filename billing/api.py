@@ -46,6 +46,10 @@ class UnknownFormat(PlatformError):
     code = "unknown_format"
 
 
+class UnknownParameter(PlatformError):
+    code = "unknown_parameter"
+
+
 class TenantApiView(APIView):
     """The base of this API's views: API key only (never a session), JSON, OpenAI errors."""
 
@@ -55,8 +59,22 @@ class TenantApiView(APIView):
     renderer_classes = [JSONRenderer]
     content_negotiation_class = IgnoreAcceptHeader
 
+    # Query parameters the view reads; any other is refused, so a typo ("strat=") is an error
+    # rather than a silently different answer.
+    query_parameters: frozenset[str] = frozenset()
+
     def get_exception_handler(self):
         return openai_exception_handler
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        unknown = sorted(set(request.query_params) - self.query_parameters)
+        if unknown:
+            known = ", ".join(sorted(self.query_parameters)) or "none"
+            raise UnknownParameter(
+                f"unknown query parameter {unknown[0]!r}; this endpoint takes: {known}",
+                param=unknown[0],
+            )
 
 
 def _month_start(moment: datetime) -> date:
@@ -153,6 +171,8 @@ def _usage_range(query) -> tuple[datetime, datetime]:
 
 class UsageCsvApi(TenantApiView):
     """The tenant's ledger rows in [start, end) as CSV, streamed (default: this month)."""
+
+    query_parameters = frozenset({"start", "end"})
 
     def get(self, request):
         start, end = _usage_range(request.query_params)

@@ -313,3 +313,18 @@ def test_other_methods_are_refused_in_openai_shape(billed, acme_key, client):
     error = error_of(response, 405)
     assert error["code"] == "method_not_allowed"
     assert Invoice.objects.count() == 2  # nothing was created
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "named"),
+    [
+        ("/api/usage.csv", {"strat": "2025-03-01T00:00:00Z"}, "strat"),
+        ("/api/invoices", {"page": "2"}, "page"),
+        ("/api/invoices/2025-03.csv", {"download": "1"}, "download"),
+    ],
+)
+def test_an_unknown_query_parameter_is_a_400_naming_it(billed, acme_key, get, path, params, named):
+    error = error_of(get(path, acme_key, **params), 400)
+    assert error["code"] == "unknown_parameter"
+    assert error["param"] == named
+    assert repr(named) in error["message"]
