@@ -10,7 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from saas_platform.env import env_bool, env_int, env_list, env_str
+from saas_platform.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -216,6 +216,9 @@ METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 # --- API keys.
 # How long a key lookup is cached; revocation and suspension also clear it at once.
 APIKEY_CACHE_SECONDS = env_int("APIKEY_CACHE_SECONDS", 5, minimum=0)
+# How long each gateway process keeps a key it has just authenticated in its own memory (no
+# round trip at all); revocation, suspension and quota changes reach every process within it.
+APIKEY_PROCESS_CACHE_SECONDS = env_float("APIKEY_PROCESS_CACHE_SECONDS", 1.0, minimum=0)
 # How long a rotated-out key keeps working, so deployed clients can switch without downtime.
 APIKEY_ROTATION_GRACE_SECONDS = env_int("APIKEY_ROTATION_GRACE_SECONDS", 24 * 3600, minimum=0)
 # last_used_at is written at most once per this many seconds per key.

@@ -33,15 +33,15 @@ def bearer_key(request) -> str | None:
 # Key lookups may touch the database; they run in the thread pool so the event loop never waits.
 _lookup_in_thread = in_db_thread(services.tenant_for_key)
 
-# A key this process authenticated in the last second is served from here, on the event loop:
-# no thread hop and no cache round trip per request. A revocation or suspension (which clears
-# the shared cache at once) reaches this process within that second.
-RECENT_KEY_SECONDS = 1.0
+# A key this process authenticated in the last APIKEY_PROCESS_CACHE_SECONDS is served from
+# here, on the event loop: no thread hop and no cache round trip per request. A revocation,
+# suspension or quota change (which clears the shared cache at once) reaches this process
+# within that time.
 _recent: dict[str, tuple[float, services.Authenticated]] = {}
 
 
 async def _authenticate(presented: str | None) -> services.Authenticated:
-    ttl = min(RECENT_KEY_SECONDS, settings.APIKEY_CACHE_SECONDS)
+    ttl = min(settings.APIKEY_PROCESS_CACHE_SECONDS, settings.APIKEY_CACHE_SECONDS)
     digest = apikeys.key_digest(presented) if presented else None
     hit = _recent.get(digest) if digest else None
     now = time.monotonic()

@@ -72,6 +72,9 @@ def gateway_env(**overrides) -> dict[str, str]:
         CATALOG_CACHE_SECONDS="0",
         UPSTREAM_READ_TIMEOUT="10",
         LOCAL_ENGINE_THREADS="1",
+        # Revocations and quota changes take effect at once here, so tests need not wait out
+        # the per-process key cache; test_keys.py checks its bound with the default.
+        APIKEY_PROCESS_CACHE_SECONDS="0",
     )
     env.update(overrides)
     return env
