@@ -5,6 +5,10 @@ from django.views.generic import RedirectView
 from saas_platform.health import healthz
 from saas_platform.metrics import metrics_view
 
+admin.site.site_header = "Inference platform: operator admin"
+admin.site.site_title = "Operator admin"
+admin.site.index_title = "Tenants, models, nodes and billing"
+
 urlpatterns = [
     # People who open the server's address land on the portal (the API lives under /v1/).
     path("", RedirectView.as_view(pattern_name="portal:overview"), name="home"),
