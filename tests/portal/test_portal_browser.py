@@ -150,3 +150,18 @@ def test_sign_in_errors_and_the_tenant_chooser(page, gateway, member, acme):
     page.get_by_role("button", name="Acme Corp").click()
     expect(page.get_by_role("heading", name="Acme Corp")).to_be_visible()
     expect(page.get_by_role("link", name="Members")).to_have_count(0)  # a member, not owner
+
+
+def test_pages_fit_a_phone_screen(page, gateway, member):
+    services.apikey_issue(tenant=member, name="a key with a long descriptive name for the phone")
+    page.set_viewport_size({"width": 390, "height": 844})
+    sign_in(page, "peter", "tps-report-9")
+    for name, path in [("overview", "/portal/"), ("keys", "/portal/keys/"),
+                       ("usage", "/portal/usage/"), ("invoices", "/portal/invoices/"),
+                       ("members", "/portal/members/")]:  # fmt: skip
+        page.goto(path)
+        # Wide tables scroll inside their own box; the page itself never scrolls sideways.
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, (path, overflow)
+        assert_accessible(page)
+        screenshot(page, f"portal-phone-{name}")
