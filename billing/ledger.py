@@ -20,8 +20,7 @@ from datetime import UTC, datetime
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Count, Sum
+from django.db import connection, transaction
 
 from billing import money, spend
 from billing.models import DailyUsage, UsageRecord
@@ -68,31 +67,60 @@ def _record(event: UsageEvent, book: PriceBook) -> UsageRecord:
     )
 
 
-def _rollup(touched: set[tuple[int, object]]) -> None:
-    """Recompute the daily rollups of the touched (tenant, day) pairs from the ledger."""
-    for tenant_id, day in touched:
-        rows = (
-            UsageRecord.objects.filter(tenant_id=tenant_id, occurred_at__date=day)
-            .values("model_id")
-            .annotate(
-                n=Count("id"),
-                prompt=Sum("prompt_tokens"),
-                completion=Sum("completion_tokens"),
-                total=Sum("amount"),
-            )
-        )
-        for row in rows:
-            DailyUsage.objects.update_or_create(
-                tenant_id=tenant_id,
-                model_id=row["model_id"],
-                day=day,
-                defaults={
-                    "requests": row["n"],
-                    "prompt_tokens": row["prompt"],
-                    "completion_tokens": row["completion"],
-                    "amount": row["total"],
-                },
-            )
+def _insert_new(records: list[UsageRecord]) -> list[UsageRecord]:
+    """Insert the records whose request id is not stored yet; return those it inserted. A
+    concurrent drain that stored the same id first wins; its rows are not returned here, so
+    each row is added to the rollups exactly once."""
+    if not records:
+        return []
+    meta = UsageRecord._meta
+    fields = [f for f in meta.concrete_fields if not f.primary_key]
+    quote = connection.ops.quote_name
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    params = [f.get_db_prep_save(f.pre_save(r, add=True), connection) for r in records
+              for f in fields]  # fmt: skip
+    # Names from the model's metadata, quoted; every value a parameter.
+    columns = ", ".join(quote(f.column) for f in fields)
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({columns}) "  # noqa: S608
+        f"VALUES {', '.join([row] * len(records))} "
+        f"ON CONFLICT ({quote('request_id')}) DO NOTHING RETURNING {quote('request_id')}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        inserted = {request_id for (request_id,) in cursor.fetchall()}
+    return [r for r in records if r.request_id in inserted]
+
+
+def _rollup(records: list[UsageRecord]) -> None:
+    """Add the inserted records to their daily rollups, one upsert for the batch: each batch
+    costs the same however large the day already is."""
+    sums: dict[tuple[int, str, object], list] = {}
+    for r in records:
+        total = sums.setdefault((r.tenant_id, r.model_id, r.occurred_at.date()), [0, 0, 0, 0])
+        total[0] += 1
+        total[1] += r.prompt_tokens
+        total[2] += r.completion_tokens
+        total[3] += r.amount
+    if not sums:
+        return
+    quote = connection.ops.quote_name
+    table = quote(DailyUsage._meta.db_table)
+    counts = ("requests", "prompt_tokens", "completion_tokens", "amount")
+    amount = DailyUsage._meta.get_field("amount")
+    params = []
+    for (tenant_id, model_id, day), (n, prompt, completion, total) in sums.items():
+        params += [tenant_id, model_id, day, n, prompt, completion,
+                   amount.get_db_prep_save(total, connection)]  # fmt: skip
+    columns = ", ".join(quote(c) for c in ("tenant_id", "model_id", "day", *counts))
+    updates = ", ".join(f"{quote(c)} = {table}.{quote(c)} + EXCLUDED.{quote(c)}" for c in counts)
+    sql = (  # names from the model's metadata, every value a parameter
+        f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608
+        + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(sums))
+        + f" ON CONFLICT (tenant_id, model_id, day) DO UPDATE SET {updates}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def ledger_store(events: list[UsageEvent]) -> StoreResult:
@@ -129,16 +157,14 @@ def ledger_store(events: list[UsageEvent]) -> StoreResult:
     book = PriceBook({event.model for event in by_id.values()})
     records = [_record(event, book) for event in by_id.values()]
     with transaction.atomic():
-        UsageRecord.objects.bulk_create(records, ignore_conflicts=True)
-        _rollup({(r.tenant_id, r.occurred_at.date()) for r in records})
+        records = _insert_new(records)
+        _rollup(records)
     added: dict[tuple[int, str], int] = defaultdict(int)
     for record in records:
         added[(record.tenant_id, spend.month_key(record.occurred_at))] += money.to_micros(
             record.amount
         )
-    for (tenant_id, month), micros in added.items():
-        if micros:
-            spend.spend_add(tenant_id, month, micros)
+    spend.spend_add_many({key: micros for key, micros in added.items() if micros})
     metrics.LEDGER_STORED.inc(len(records))
     return StoreResult(stored=len(records), duplicates=duplicates, conflicts=conflicts)
 

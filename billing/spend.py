@@ -49,6 +49,22 @@ def spend_add(tenant_id: int, month: str, micros: int) -> None:
             _local[key] = _local.get(key, 0) + micros
 
 
+def spend_add_many(added: dict[tuple[int, str], int]) -> None:
+    """spend_add for many (tenant, month) pairs: one round trip for them all."""
+    if not added:
+        return
+    if not settings.REDIS_URL:
+        for (tenant_id, month), micros in added.items():
+            spend_add(tenant_id, month, micros)
+        return
+    pipe = _redis().pipeline()
+    for (tenant_id, month), micros in added.items():
+        key = spend_key(tenant_id, month)
+        pipe.incrby(key, micros)
+        pipe.expire(key, SPEND_TTL_SECONDS)
+    pipe.execute()
+
+
 def spend_set(tenant_id: int, month: str, micros: int) -> None:
     key = spend_key(tenant_id, month)
     if settings.REDIS_URL:
