@@ -1,14 +1,17 @@
 """`make bench`: the gateway's cost, measured against baselines from the same run.
 
 Prints one markdown table and writes it to docs/benchmarks.md with the date, CPU and versions.
-Both cores are shared: the gateway is pinned to CPU 0, the fake engine and the load generator
-to CPU 1 (taskset), for the direct and the gateway runs alike.
+Both cores are shared: the gateway (and LiteLLM's proxy, the peer) is pinned to CPU 0, the fake
+engine and the load generator to CPU 1 (taskset), for the direct, gateway and peer runs alike.
+Sections: gateway overhead against direct and LiteLLM, streams held open, admission, the ledger
+(bench.ledger, in its own database) and models (ResourceManager, a llama.cpp cold start).
 """
 
 import asyncio
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -21,15 +24,20 @@ DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 ENV = dict(os.environ, DATABASE_URL=DATABASE_URL, REDIS_URL=REDIS_URL,
            SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only-secret"),
-           LOG_LEVEL="WARNING", APIKEY_CACHE_SECONDS="60", CATALOG_CACHE_SECONDS="60")  # fmt: skip
-LOADS = [(1, 400), (64, 4000), (256, 4000)]  # (concurrency, requests)
+           LOG_LEVEL="WARNING", APIKEY_CACHE_SECONDS="60", CATALOG_CACHE_SECONDS="60",
+           # Streams hold an upstream connection each: the pool must fit the largest N.
+           UPSTREAM_MAX_CONNECTIONS="4096")  # fmt: skip
+LEDGER_DATABASE_URL = DATABASE_URL.rsplit("/", 1)[0] + "/saas_bench_ledger"
+LOADS = [(1, 300), (64, 3000), (256, 3000)]  # (concurrency, requests); the peer gets a third
+STREAMS = [200, 2000]
+LEDGER = (50_000, int(os.environ.get("BENCH_LEDGER_ROWS", 10_000_000)), 1000)
 
 
-def _create_database() -> None:
+def _create_database(url: str) -> None:
     import psycopg
 
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    with psycopg.connect(DATABASE_URL.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
 
@@ -69,10 +77,74 @@ def _start(command: list[str], cpu: str, port: int) -> subprocess.Popen:
 
 
 def _load(url: str, key: str, concurrency: int, total: int) -> dict:
-    out = subprocess.run(["taskset", "-c", "1", sys.executable, "-m", "bench.loadgen", url, key,
-                          "fake", str(concurrency), str(total)],
+    out = subprocess.run(["taskset", "-c", "1", sys.executable, "-m", "bench.loadgen", "chat",
+                          url, key, "fake", str(concurrency), str(total)],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, check=True)  # fmt: skip
     return json.loads(out.stdout)
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _streams(url: str, key: str, count: int, pid: int | None) -> dict:
+    """`count` streams of 6 chunks a second apart, opened together; the gateway's memory
+    before, and once every stream is open."""
+    before = _rss_mib(pid) if pid else 0.0
+    process = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-m", "bench.loadgen",
+                                "streams", url, key, "fake?chunks=6&delay=1", str(count)],
+                               cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    during = before
+    for line in process.stdout:
+        if line.strip() == "open":
+            during = _rss_mib(pid) if pid else 0.0
+        else:
+            result = json.loads(line)
+    process.wait()
+    return dict(result, rss_before_mib=before, rss_open_mib=during)
+
+
+def _cold_start() -> tuple[float, float] | None:
+    """Seconds from asking the process engine for llama.cpp's server (the bundled SmolLM2 GGUF)
+    to its first answer, and a warm answer's seconds (the baseline)."""
+    import importlib.util
+    import tempfile
+
+    import httpx
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    from models_mgmt.engines.local import bundled_gguf
+    from models_mgmt.engines.process import EngineProcesses
+
+    command = "{python} -m llama_cpp.server --model {path} --host {host} --port {port} --n_ctx 512"
+    body = {"model": "smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    with tempfile.TemporaryDirectory() as state:
+        engines = EngineProcesses(Path(state))
+        started = time.perf_counter()
+        engine = engines.start("smol", command, path=str(bundled_gguf()))
+        try:
+            httpx.post(f"{engine.base_url}/v1/chat/completions", json=body, timeout=120)
+            cold = time.perf_counter() - started
+            started = time.perf_counter()
+            httpx.post(f"{engine.base_url}/v1/chat/completions", json=body, timeout=120)
+            warm = time.perf_counter() - started
+        finally:
+            engines.stop("smol")
+    return cold, warm
+
+
+def _ledger() -> dict:
+    _create_database(LEDGER_DATABASE_URL)
+    env = dict(ENV, DATABASE_URL=LEDGER_DATABASE_URL)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env,
+                   check=True)  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "bench.ledger", *map(str, LEDGER)], cwd=ROOT,
+                         env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _admission_rate(seconds: float = 3.0) -> tuple[float, float]:
@@ -134,60 +206,136 @@ def _versions() -> str:
             f"uvicorn {uvicorn.__version__}, Redis {redis_version}")  # fmt: skip
 
 
+def _row(
+    label: str,
+    base: float,
+    value: float,
+    unit: str = "",
+    *,
+    base_name: str = "direct",
+    digits: int = 0,
+    added: bool = False,
+) -> str:
+    shown = f"{value:.{digits}f}" + (f" (+{value - base:.{digits}f})" if added else "")
+    return f"| {label} | {base:.{digits}f}{unit} {base_name} | {shown} | {value / base:.2f} |"
+
+
+def _gateway_rows(rows) -> list[str]:
+    lines = []
+    for concurrency, direct, through, peer in rows:
+        for name, measured in (("gateway", through), ("LiteLLM", peer)):
+            lines += [
+                _row(f"{name}: requests/s at concurrency {concurrency}", direct["rps"],
+                     measured["rps"]),
+                _row(f"{name}: p50 ms at {concurrency}", direct["p50_ms"], measured["p50_ms"],
+                     digits=2, added=True),
+                _row(f"{name}: p99 ms at {concurrency}", direct["p99_ms"], measured["p99_ms"],
+                     digits=2, added=True),
+            ]  # fmt: skip
+            if measured["failures"] or direct["failures"]:
+                lines.append(
+                    f"| {name}: failed requests at {concurrency} "
+                    f"| {direct['failures']} direct | {measured['failures']} | |"
+                )
+        lines.append(f"| gateway / LiteLLM requests/s at {concurrency} | | | "
+                     f"{through['rps'] / peer['rps']:.1f}x |")  # fmt: skip
+    return lines
+
+
+def _stream_rows(streams) -> list[str]:
+    lines = []
+    for count, direct, through in streams:
+        lines += [
+            _row(f"{count} streams: time to first chunk p50 ms", direct["ttft_p50_ms"],
+                 through["ttft_p50_ms"], digits=1, added=True),
+            _row(f"{count} streams: time to first chunk p99 ms", direct["ttft_p99_ms"],
+                 through["ttft_p99_ms"], digits=1, added=True),
+            f"| {count} streams: completed ([DONE] read) | {direct['completed']}/{count} direct "
+            f"| {through['completed']}/{count} {through['errors'] or ''} | |",
+            f"| {count} streams: gateway RSS MiB, per open stream KiB | "
+            f"{through['rss_before_mib']:.0f} MiB idle | {through['rss_open_mib']:.0f} MiB open, "
+            f"{(through['rss_open_mib'] - through['rss_before_mib']) * 1024 / count:.1f} "
+            f"KiB/stream | {through['rss_open_mib'] / through['rss_before_mib']:.2f} |",
+        ]  # fmt: skip
+    return lines
+
+
+def _ledger_rows(ledger: dict) -> list[str]:
+    rows, tenants = ledger["rows"], ledger["tenants"]
+    return [
+        f"| ledger ingest: events/s, Redis stream to PostgreSQL (ledger_drain, batches of "
+        f"{ledger['batch_size']}) | 20000 target | {ledger['ingest_per_s']:.0f} "
+        f"| {ledger['ingest_per_s'] / 20000:.2f} |",
+        f"| invoice close: {rows:,} rows, {tenants} tenants, seconds | 60 target "
+        f"| {ledger['close_seconds']:.1f} | {ledger['close_seconds'] / 60:.2f} |",
+        f"| invoice close: peak memory above resting MiB | {ledger['resting_mib']:.0f} resting "
+        f"| {ledger['peak_above_resting_mib']:.1f} | |",
+    ]
+
+
 def main() -> None:
-    _create_database()
-    upstream_port, gateway_port = 18601, 18602
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+    _create_database(DATABASE_URL)
+    upstream_port, gateway_port, peer_port = 18601, 18602, 18603
+    upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
     upstream = _start([sys.executable, "-m", "tests.fakes.upstream", str(upstream_port)], "1",
                       upstream_port)  # fmt: skip
-    key = _setup(f"http://127.0.0.1:{upstream_port}/v1")
+    key = _setup(upstream_url)
     server = [str(ROOT / ".venv/bin/uvicorn"), "saas_platform.asgi:application",
               "--port", str(gateway_port), "--workers", "1", "--no-access-log",
               "--lifespan", "off", "--log-level", "warning"]  # fmt: skip
+    from bench import peer as litellm
+
+    peer = litellm.start(upstream_url, REDIS_URL, peer_port, "0", ENV)
     gateway = _start(server, "0", gateway_port)
-    rows = []
+    rows, streams = [], []
     try:
         for concurrency, total in LOADS:
-            direct = _load(f"http://127.0.0.1:{upstream_port}/v1", key, concurrency, total)
+            direct = _load(upstream_url, key, concurrency, total)
             through = _load(f"http://127.0.0.1:{gateway_port}/v1", key, concurrency, total)
-            rows.append((concurrency, direct, through))
+            other = _load(f"http://127.0.0.1:{peer_port}/v1", litellm.MASTER_KEY, concurrency,
+                          max(100, total // 3))  # fmt: skip
+            rows.append((concurrency, direct, through, other))
+        peer.terminate()
+        for count in STREAMS:
+            direct = _streams(upstream_url, key, count, None)
+            through = _streams(f"http://127.0.0.1:{gateway_port}/v1", key, count, gateway.pid)
+            streams.append((count, direct, through))
     finally:
+        peer.terminate()
         gateway.terminate()
         upstream.terminate()
     admission, pings = _admission_rate()
     in_process, shared = _manager_rates()
+    ledger = _ledger()
+    cold = _cold_start()
 
-    lines = [
-        "| measure | baseline | through the gateway / measured | ratio |",
-        "|---|---|---|---|",
-    ]
-    for concurrency, direct, through in rows:
-        lines += [
-            f"| requests/s at concurrency {concurrency} | {direct['rps']:.0f} direct "
-            f"| {through['rps']:.0f} | {through['rps'] / direct['rps']:.2f} |",
-            f"| p50 latency at {concurrency} (ms) | {direct['p50_ms']:.2f} direct "
-            f"| {through['p50_ms']:.2f} (+{through['p50_ms'] - direct['p50_ms']:.2f}) "
-            f"| {through['p50_ms'] / direct['p50_ms']:.1f} |",
-            f"| p99 latency at {concurrency} (ms) | {direct['p99_ms']:.2f} direct "
-            f"| {through['p99_ms']:.2f} (+{through['p99_ms'] - direct['p99_ms']:.2f}) "
-            f"| {through['p99_ms'] / direct['p99_ms']:.1f} |",
-        ]
-        if through["failures"] or direct["failures"]:
-            lines.append(f"| failed requests at {concurrency} | {direct['failures']} "
-                         f"| {through['failures']} | |")  # fmt: skip
+    lines = ["| measure | baseline | measured | ratio |", "|---|---|---|---|"]
+    lines += _gateway_rows(rows) + _stream_rows(streams)
     lines += [
         f"| admission: admit+release pairs/s (Redis) | {pings:.0f} PINGs/s "
         f"| {admission:.0f} | {admission / pings:.2f} |",
+        *_ledger_rows(ledger),
         f"| ResourceManager ops/s (load+touch) | {in_process:.0f} in process "
         f"| {shared:.0f} shared in Redis | {shared / in_process:.3f} |",
     ]
+    if cold is not None:
+        lines.append(
+            f"| llama.cpp cold start through the process engine, s | {cold[1]:.2f} warm answer "
+            f"| {cold[0]:.2f} to first answer | {cold[0] / cold[1]:.0f} |"
+        )
     table = "\n".join(lines)
-    header = _versions()
+    header = _versions() + f"; LiteLLM {litellm.LITELLM.split('==')[1]} ({litellm.CONFIGURATION})"
     print(f"\n{header}\n\n{table}\n")
+    notes = (ROOT / "bench" / "notes.md").read_text()
     (ROOT / "docs" / "benchmarks.md").write_text(
         "# Benchmarks\n\n`make bench` writes this file. Every figure sits beside its baseline "
-        "from the same run.\n\nGateway: one uvicorn worker pinned to CPU 0; fake engine and "
-        "load generator (its own process) pinned to CPU 1; quotas, the ledger recorder and Redis "
-        f"on.\n\n{header}\n\n{table}\n"
+        "from the same run.\n\nGateway: one uvicorn worker pinned to CPU 0 (taskset), as is "
+        "LiteLLM's proxy (one worker); fake engine and load generator (its own process, raw "
+        "asyncio sockets) pinned to CPU 1; quotas, the ledger recorder and Redis on. Other "
+        f"work on the machine shares both cores: compare within a run.\n\n{header}\n\n"
+        f"{table}\n\n{notes}"
     )
 
 
