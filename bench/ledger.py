@@ -56,7 +56,7 @@ def _tenants(count: int) -> list[int]:
 
 def _month_rows(period: date, rows: int, tenant_ids: list[int], price_id: int) -> float:
     """Make sure the month holds exactly `rows` generated rows; seconds spent generating."""
-    from django.db import connection
+    from django.db import connection, transaction
 
     from billing.models import UsageRecord
 
@@ -68,8 +68,10 @@ def _month_rows(period: date, rows: int, tenant_ids: list[int], price_id: int) -
         cursor.execute(f"SELECT count(*) FROM {table} WHERE occurred_at < %s", [end])  # noqa: S608
         if cursor.fetchone()[0] == rows:
             return 0.0
-        started = time.perf_counter()
-        cursor.execute("SET session_replication_role = replica")
+    started = time.perf_counter()
+    # One transaction: a failure half-way leaves the table and its indexes as they were.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL session_replication_role = replica")
         cursor.execute(f"TRUNCATE {table} CASCADE")
         cursor.execute(
             "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s "
@@ -81,7 +83,7 @@ def _month_rows(period: date, rows: int, tenant_ids: list[int], price_id: int) -
             cursor.execute(
                 f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}; DROP INDEX IF EXISTS {name}"
             )
-        seconds = (end - period).days * 86400
+        seconds = int((end - start).total_seconds())
         cursor.execute(  # the table's name from the model; values are parameters
             f"""INSERT INTO {table} (request_id, tenant_id, api_key_prefix, model_id,
                 prompt_tokens, completion_tokens, occurred_at, recorded_at, latency_ms, status,
@@ -99,7 +101,7 @@ def _month_rows(period: date, rows: int, tenant_ids: list[int], price_id: int) -
                 cursor.execute(f"ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE (request_id)")
             else:
                 cursor.execute(definition)
-        cursor.execute("SET session_replication_role = origin")
+    with connection.cursor() as cursor:
         cursor.execute(f"VACUUM ANALYZE {table}")
     return time.perf_counter() - started
 
@@ -168,7 +170,9 @@ def main(events: int, rows: int, tenants: int) -> dict:
     this_month = today.replace(day=1)
     period = (this_month - timedelta(days=1)).replace(day=1)
     with _unguarded():
-        UsageRecord.objects.filter(occurred_at__gte=this_month).delete()  # the last run's ingest
+        UsageRecord.objects.filter(  # the last run's ingest
+            occurred_at__gte=datetime(this_month.year, this_month.month, 1, tzinfo=UTC)
+        ).delete()
     generated = _month_rows(period, rows, tenant_ids, price.pk)
     result = {"rows": rows, "tenants": len(tenant_ids), "generate_seconds": generated}
     result |= _invoice_close(period)

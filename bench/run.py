@@ -30,6 +30,7 @@ ENV = dict(os.environ, DATABASE_URL=DATABASE_URL, REDIS_URL=REDIS_URL,
 LEDGER_DATABASE_URL = DATABASE_URL.rsplit("/", 1)[0] + "/saas_bench_ledger"
 LOADS = [(1, 300), (64, 3000), (256, 3000)]  # (concurrency, requests); the peer gets a third
 STREAMS = [200, 2000]
+STREAM_MODEL = "fake?chunks=6&delay=1"  # the fake engine's script: 6 chunks a second apart
 LEDGER = (50_000, int(os.environ.get("BENCH_LEDGER_ROWS", 10_000_000)), 1000)
 
 
@@ -55,6 +56,8 @@ def _setup(upstream: str) -> str:
     from tenants import services
 
     model_register(model_id="fake", engine="openai", base_url=upstream, upstream_model="fake")
+    model_register(model_id="fake-stream", engine="openai", base_url=upstream,
+                   upstream_model=STREAM_MODEL)  # fmt: skip
     tenant = services.tenant_register(slug=f"bench-{uuid.uuid4().hex[:8]}",
                                       max_concurrent_requests=10_000,
                                       max_tokens_per_minute=10**12)  # fmt: skip
@@ -90,12 +93,12 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
-def _streams(url: str, key: str, count: int, pid: int | None) -> dict:
+def _streams(url: str, key: str, model: str, count: int, pid: int | None) -> dict:
     """`count` streams of 6 chunks a second apart, opened together; the gateway's memory
     before, and once every stream is open."""
     before = _rss_mib(pid) if pid else 0.0
     process = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-m", "bench.loadgen",
-                                "streams", url, key, "fake?chunks=6&delay=1", str(count)],
+                                "streams", url, key, model, str(count)],
                                cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)  # fmt: skip
     during = before
     for line in process.stdout:
@@ -299,8 +302,9 @@ def main() -> None:
             rows.append((concurrency, direct, through, other))
         peer.terminate()
         for count in STREAMS:
-            direct = _streams(upstream_url, key, count, None)
-            through = _streams(f"http://127.0.0.1:{gateway_port}/v1", key, count, gateway.pid)
+            direct = _streams(upstream_url, key, STREAM_MODEL, count, None)
+            through = _streams(f"http://127.0.0.1:{gateway_port}/v1", key, "fake-stream", count,
+                               gateway.pid)  # fmt: skip
             streams.append((count, direct, through))
     finally:
         peer.terminate()
