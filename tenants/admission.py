@@ -85,8 +85,12 @@ def _lease_ms() -> int:
 
 class RedisAdmission:
     def __init__(self, url: str):
-        self.client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=1, socket_timeout=2, max_connections=512
+        # A burst past the pool's size waits for a free connection (up to the socket timeout)
+        # instead of failing: the default pool raises at once, a 503 for every request over 512.
+        self.client = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url, socket_connect_timeout=1, socket_timeout=2, max_connections=512, timeout=2
+            )
         )
         self._admit = self.client.register_script(ADMIT)
         self._release = self.client.register_script(RELEASE)
