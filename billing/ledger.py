@@ -82,7 +82,7 @@ def _insert_new(records: list[UsageRecord]) -> list[UsageRecord]:
     # Names from the model's metadata, quoted; every value a parameter.
     columns = ", ".join(quote(f.column) for f in fields)
     sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({columns}) "  # noqa: S608
+        f"INSERT INTO {quote(meta.db_table)} ({columns}) "  # noqa: S608 # nosec B608: names quoted
         f"VALUES {', '.join([row] * len(records))} "
         f"ON CONFLICT ({quote('request_id')}) DO NOTHING RETURNING {quote('request_id')}"
     )
@@ -115,9 +115,9 @@ def _rollup(records: list[UsageRecord]) -> None:
     columns = ", ".join(quote(c) for c in ("tenant_id", "model_id", "day", *counts))
     updates = ", ".join(f"{quote(c)} = {table}.{quote(c)} + EXCLUDED.{quote(c)}" for c in counts)
     sql = (  # names from the model's metadata, every value a parameter
-        f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608
+        f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608 # nosec B608: names quoted
         + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(sums))
-        + f" ON CONFLICT (tenant_id, model_id, day) DO UPDATE SET {updates}"
+        + f" ON CONFLICT (tenant_id, model_id, day) DO UPDATE SET {updates}"  # nosec B608
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
