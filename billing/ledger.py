@@ -16,11 +16,13 @@ import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
 from billing import money, spend
 from billing.models import DailyUsage, UsageRecord
@@ -46,62 +48,136 @@ class StoreResult:
     conflicts: int
 
 
-def _record(event: UsageEvent, book: PriceBook) -> UsageRecord:
-    occurred_at = datetime.fromtimestamp(event.timestamp, tz=UTC)
-    tenant_id = int(event.tenant_id)
-    price = book.price_for(tenant_id, event.model, occurred_at)
-    return UsageRecord(
-        request_id=event.request_id,
-        tenant_id=tenant_id,
-        api_key_prefix=event.api_key_prefix,
-        model_id=event.model,
-        prompt_tokens=event.prompt_tokens,
-        completion_tokens=event.completion_tokens,
-        occurred_at=occurred_at,
-        latency_ms=event.latency_ms,
-        status=event.status,
-        counted=event.usage_source == "counted",
-        price=price,
-        amount=money.usage_amount(event.prompt_tokens, event.completion_tokens, price),
-        currency=price.currency if price else settings.BILLING_CURRENCY,
-    )
+# A ledger row's values, in this order, on both insert paths.
+_COLUMNS = ("request_id", "tenant_id", "api_key_prefix", "model_id", "prompt_tokens",
+            "completion_tokens", "occurred_at", "recorded_at", "latency_ms", "status", "counted",
+            "price_id", "amount", "currency")  # fmt: skip
+_STAGING = "billing_ledger_batch"  # PostgreSQL: this session's temporary table for COPY
 
 
-def _insert_new(records: list[UsageRecord]) -> list[UsageRecord]:
-    """Insert the records whose request id is not stored yet; return those it inserted. A
-    concurrent drain that stored the same id first wins; its rows are not returned here, so
-    each row is added to the rollups exactly once."""
-    if not records:
-        return []
-    meta = UsageRecord._meta
-    fields = [f for f in meta.concrete_fields if not f.primary_key]
+class _Pricer:
+    """Prices one batch: one PriceBook, and each (tenant, model, second) and each (price,
+    tokens) worked out once, since a batch repeats them heavily. Same answers as
+    `PriceBook.price_for` and `money.usage_amount` per event."""
+
+    def __init__(self, model_ids):
+        self.book = PriceBook(model_ids)
+        self._moments: dict[int, datetime] = {}
+        self._prices: dict[tuple, object] = {}
+        self._amounts: dict[tuple, Decimal] = {}
+
+    def moment(self, timestamp: int) -> datetime:
+        found = self._moments.get(timestamp)
+        if found is None:
+            found = self._moments[timestamp] = datetime.fromtimestamp(timestamp, tz=UTC)
+        return found
+
+    def price(self, tenant_id: int, model_id: str, timestamp: int):
+        key = (tenant_id, model_id, timestamp)
+        if key not in self._prices:
+            self._prices[key] = self.book.price_for(tenant_id, model_id, self.moment(timestamp))
+        return self._prices[key]
+
+    def amount(self, price, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        key = (price.pk if price else None, prompt_tokens, completion_tokens)
+        found = self._amounts.get(key)
+        if found is None:
+            found = self._amounts[key] = money.usage_amount(prompt_tokens, completion_tokens, price)
+        return found
+
+
+def _rows(events, pricer: _Pricer) -> list[tuple]:
+    """One tuple of database values per event, in _COLUMNS order."""
+    recorded_at = timezone.now()
+    currency = settings.BILLING_CURRENCY
+    rows = []
+    for e in events:
+        tenant_id = int(e.tenant_id)
+        price = pricer.price(tenant_id, e.model, e.timestamp)
+        rows.append((e.request_id, tenant_id, e.api_key_prefix, e.model, e.prompt_tokens,
+                     e.completion_tokens, pricer.moment(e.timestamp), recorded_at, e.latency_ms,
+                     e.status, e.usage_source == "counted", price.pk if price else None,
+                     pricer.amount(price, e.prompt_tokens, e.completion_tokens),
+                     price.currency if price else currency))  # fmt: skip
+    return rows
+
+
+def _insert_new(rows: list[tuple]) -> set[str]:
+    """Insert the rows whose request id is not stored yet and add them to their daily rollups;
+    return the ids it inserted. A concurrent drain that stored the same id first wins; its rows
+    are not returned or added here, so each row is added to the rollups exactly once. Rows and
+    rollups are written in key order, so two drains with overlapping batches wait on each
+    other instead of deadlocking."""
+    if not rows:
+        return set()
+    if connection.vendor != "postgresql":  # the embedded SQLite
+        return _insert_values(sorted(rows))
     quote = connection.ops.quote_name
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    params = [f.get_db_prep_save(f.pre_save(r, add=True), connection) for r in records
-              for f in fields]  # fmt: skip
-    # Names from the model's metadata, quoted; every value a parameter.
-    columns = ", ".join(quote(f.column) for f in fields)
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({columns}) "  # noqa: S608 # nosec B608: names quoted
-        f"VALUES {', '.join([row] * len(records))} "
-        f"ON CONFLICT ({quote('request_id')}) DO NOTHING RETURNING {quote('request_id')}"
-    )
+    table = quote(UsageRecord._meta.db_table)
+    columns = ", ".join(quote(c) for c in _COLUMNS)
+    daily = quote(DailyUsage._meta.db_table)
+    counts = ("requests", "prompt_tokens", "completion_tokens", "amount")
+    updates = ", ".join(f"{quote(c)} = {daily}.{quote(c)} + EXCLUDED.{quote(c)}" for c in counts)
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        _copy_to_staging(cursor, table, columns, rows)
+        # One statement: the staging table is emptied here too (ON COMMIT does not run inside
+        # an outer atomic()), and the rollups are summed from exactly the rows inserted.
+        cursor.execute(
+            f"WITH batch AS (DELETE FROM {_STAGING} RETURNING {columns}), "  # noqa: S608 # nosec B608: names quoted or constant
+            f"inserted AS (INSERT INTO {table} ({columns}) SELECT {columns} FROM batch "
+            "ORDER BY request_id ON CONFLICT (request_id) DO NOTHING "
+            "RETURNING request_id, tenant_id, model_id, occurred_at, prompt_tokens, "
+            "completion_tokens, amount), "
+            f"rollup AS (INSERT INTO {daily} (tenant_id, model_id, day, "
+            f"{', '.join(quote(c) for c in counts)}) "
+            "SELECT tenant_id, model_id, (occurred_at AT TIME ZONE 'UTC')::date, count(*), "
+            "sum(prompt_tokens), sum(completion_tokens), sum(amount) FROM inserted "
+            "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 "
+            f"ON CONFLICT (tenant_id, model_id, day) DO UPDATE SET {updates}) "
+            "SELECT request_id FROM inserted"
+        )
+        return {request_id for (request_id,) in cursor.fetchall()}
+
+
+def _copy_to_staging(cursor, table: str, columns: str, rows: list[tuple]) -> None:
+    """COPY the rows into the session's staging table, made on first use with the ledger's
+    column types. ON COMMIT DELETE ROWS empties it in place, without catalog churn."""
+    cursor.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} ON COMMIT DELETE ROWS AS "  # noqa: S608 # nosec B608: names quoted or constant
+        f"SELECT {columns} FROM {table} WITH NO DATA"
+    )
+    with cursor.copy(f"COPY {_STAGING} ({columns}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _insert_values(rows: list[tuple]) -> set[str]:
+    """The same for SQLite: one multi-row insert, then the rollups from the rows it inserted."""
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(c) for c in _COLUMNS)
+    row = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {quote(UsageRecord._meta.db_table)} ({columns}) "  # noqa: S608 # nosec B608: names quoted
+            f"VALUES {', '.join([row] * len(rows))} "
+            "ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+            [value for r in rows for value in r],
+        )
         inserted = {request_id for (request_id,) in cursor.fetchall()}
-    return [r for r in records if r.request_id in inserted]
+    _rollup([r for r in rows if r[0] in inserted])
+    return inserted
 
 
-def _rollup(records: list[UsageRecord]) -> None:
-    """Add the inserted records to their daily rollups, one upsert for the batch: each batch
-    costs the same however large the day already is."""
+def _rollup(rows: list[tuple]) -> None:
+    """Add the inserted rows to their daily rollups, one upsert for the batch: each batch
+    costs the same however large the day already is. Keys in order."""
     sums: dict[tuple[int, str, object], list] = {}
-    for r in records:
-        total = sums.setdefault((r.tenant_id, r.model_id, r.occurred_at.date()), [0, 0, 0, 0])
+    for r in rows:
+        total = sums.setdefault((r[1], r[3], r[6].date()), [0, 0, 0, 0])
         total[0] += 1
-        total[1] += r.prompt_tokens
-        total[2] += r.completion_tokens
-        total[3] += r.amount
+        total[1] += r[4]
+        total[2] += r[5]
+        total[3] += r[12]
     if not sums:
         return
     quote = connection.ops.quote_name
@@ -109,7 +185,7 @@ def _rollup(records: list[UsageRecord]) -> None:
     counts = ("requests", "prompt_tokens", "completion_tokens", "amount")
     amount = DailyUsage._meta.get_field("amount")
     params = []
-    for (tenant_id, model_id, day), (n, prompt, completion, total) in sums.items():
+    for (tenant_id, model_id, day), (n, prompt, completion, total) in sorted(sums.items()):
         params += [tenant_id, model_id, day, n, prompt, completion,
                    amount.get_db_prep_save(total, connection)]  # fmt: skip
     columns = ", ".join(quote(c) for c in ("tenant_id", "model_id", "day", *counts))
@@ -123,50 +199,78 @@ def _rollup(records: list[UsageRecord]) -> None:
         cursor.execute(sql, params)
 
 
-def ledger_store(events: list[UsageEvent]) -> StoreResult:
-    """Store events not stored yet, priced at their own time; update rollups and spend."""
-    by_id = {event.request_id: event for event in events}
-    existing = {
+def _not_stored(events: list[UsageEvent]) -> tuple[int, int]:
+    """Events whose request id was already stored: (duplicates, conflicts). A different payload
+    under a stored id is refused and logged."""
+    if not events:
+        return 0, 0
+    stored = {
         row["request_id"]: row
-        for row in UsageRecord.objects.filter(request_id__in=by_id).values("request_id", *_COMPARED)
+        for row in UsageRecord.objects.filter(request_id__in=[e.request_id for e in events]).values(
+            "request_id", *_COMPARED
+        )
     }
     duplicates = conflicts = 0
-    for request_id, row in existing.items():
-        event = by_id.pop(request_id)
-        record = _record(event, PriceBook([]))
-        if all(getattr(record, field) == row[field] for field in _COMPARED):
+    for e in events:
+        row = stored[e.request_id]
+        if (int(e.tenant_id), e.model, e.prompt_tokens, e.completion_tokens, e.status) == tuple(
+            row[field] for field in _COMPARED
+        ):
             duplicates += 1
         else:
             conflicts += 1
             metrics.LEDGER_CONFLICTS.inc()
             logger.error(
-                "usage event %s refused: a different payload is already stored", request_id
+                "usage event %s refused: a different payload is already stored", e.request_id
             )
-    known = set(
-        Tenant.objects.filter(pk__in={int(e.tenant_id) for e in by_id.values()}).values_list(
-            "pk", flat=True
-        )
-    )
-    for request_id, event in list(by_id.items()):
+    return duplicates, conflicts
+
+
+def _known(events: dict[str, UsageEvent]) -> dict[str, UsageEvent]:
+    """The events whose tenant exists. One whose tenant was deleted while it was in flight (a
+    tenant without usage) cannot be stored: it is logged whole, so nothing vanishes silently."""
+    tenant_ids = {int(e.tenant_id) for e in events.values()}
+    if connection.vendor == "postgresql":  # one array parameter, not one per tenant
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT id FROM {connection.ops.quote_name(Tenant._meta.db_table)} "  # noqa: S608 # nosec B608: name quoted
+                "WHERE id = ANY(%s)",
+                [list(tenant_ids)],
+            )
+            known = {pk for (pk,) in cursor.fetchall()}
+    else:
+        known = set(Tenant.objects.filter(pk__in=tenant_ids).values_list("pk", flat=True))
+    if len(known) == len(tenant_ids):
+        return events
+    for event in events.values():
         if int(event.tenant_id) not in known:
-            # Its tenant was deleted while the event was in flight (a tenant without usage).
-            # Logged whole, so nothing vanishes silently; it cannot be stored.
-            del by_id[request_id]
             metrics.LEDGER_ORPHANS.inc()
             logger.error("usage event for an unknown tenant dropped: %s", event.to_dict())
-    book = PriceBook({event.model for event in by_id.values()})
-    records = [_record(event, book) for event in by_id.values()]
+    return {rid: e for rid, e in events.items() if int(e.tenant_id) in known}
+
+
+def ledger_store(events: list[UsageEvent]) -> StoreResult:
+    """Store events not stored yet, priced at their own time; update rollups and spend."""
+    by_id = _known({event.request_id: event for event in events})
+    pricer = _Pricer({event.model for event in by_id.values()})
+    rows = _rows(by_id.values(), pricer)
     with transaction.atomic():
-        records = _insert_new(records)
-        _rollup(records)
+        inserted = _insert_new(rows)
+    rows = [r for r in rows if r[0] in inserted]
+    duplicates, conflicts = _not_stored([e for rid, e in by_id.items() if rid not in inserted])
     added: dict[tuple[int, str], int] = defaultdict(int)
-    for record in records:
-        added[(record.tenant_id, spend.month_key(record.occurred_at))] += money.to_micros(
-            record.amount
-        )
-    spend.spend_add_many({key: micros for key, micros in added.items() if micros})
-    metrics.LEDGER_STORED.inc(len(records))
-    return StoreResult(stored=len(records), duplicates=duplicates, conflicts=conflicts)
+    micros: dict[Decimal, int] = {}
+    months: dict[datetime, str] = {}
+    for r in rows:
+        amount, moment = r[12], r[6]
+        if amount not in micros:
+            micros[amount] = money.to_micros(amount)
+        if moment not in months:
+            months[moment] = spend.month_key(moment)
+        added[(r[1], months[moment])] += micros[amount]
+    spend.spend_add_many({key: value for key, value in added.items() if value})
+    metrics.LEDGER_STORED.inc(len(rows))
+    return StoreResult(stored=len(rows), duplicates=duplicates, conflicts=conflicts)
 
 
 def _redis() -> redis.Redis:

@@ -105,3 +105,21 @@ def test_stored_events_add_to_the_running_spend_once(acme):
     store(counted)
 
     assert spend.spend_get(acme.pk, month) - before == 1_000_000  # 1.00 in millionths
+
+
+def test_a_batch_with_a_repeat_inside_and_one_already_stored_adds_each_event_once(acme):
+    price_set(model_id="llama", input_per_million=Decimal(1000), output_per_million=Decimal(0),
+              effective_from=at(1, 0))  # fmt: skip
+    now = datetime.now(tz=UTC)
+    month = spend.month_key(now)
+    stored, fresh = event(acme, at=now), event(acme, at=now)
+    store(stored)
+    before = spend.spend_get(acme.pk, month)
+
+    result = store(fresh, stored, fresh)
+
+    assert (result.stored, result.duplicates, result.conflicts) == (1, 1, 0)
+    assert UsageRecord.objects.filter(request_id=fresh.request_id).count() == 1
+    rollup = DailyUsage.objects.get(tenant=acme, day=now.date())
+    assert (rollup.requests, rollup.prompt_tokens, rollup.amount) == (2, 2000, Decimal(2))
+    assert spend.spend_get(acme.pk, month) - before == 1_000_000  # fresh only, once
