@@ -102,6 +102,10 @@ def _rows(events, pricer: _Pricer) -> list[tuple]:
     return rows
 
 
+# SQLite takes at most 32,766 parameters a statement; a row has one per column.
+SQLITE_ROWS_PER_INSERT = 1000
+
+
 def _insert_new(rows: list[tuple]) -> set[str]:
     """Insert the rows whose request id is not stored yet and add them to their daily rollups;
     return the ids it inserted. A concurrent drain that stored the same id first wins; its rows
@@ -111,7 +115,10 @@ def _insert_new(rows: list[tuple]) -> set[str]:
     if not rows:
         return set()
     if connection.vendor != "postgresql":  # the embedded SQLite
-        return _insert_values(sorted(rows))
+        ordered, inserted = sorted(rows), set()
+        for start in range(0, len(ordered), SQLITE_ROWS_PER_INSERT):
+            inserted |= _insert_values(ordered[start : start + SQLITE_ROWS_PER_INSERT])
+        return inserted
     quote = connection.ops.quote_name
     table = quote(UsageRecord._meta.db_table)
     columns = ", ".join(quote(c) for c in _COLUMNS)
