@@ -30,6 +30,7 @@ from billing.pricing import PriceBook
 from billing.usage import UsageEvent
 from saas_platform import metrics
 from saas_platform.threads import in_db_thread
+from tenants.admission import redis_pool
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -305,7 +306,8 @@ class LedgerRecorder:
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            client = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=1)
+            pool = redis_pool(settings.REDIS_URL, max_connections=256)
+            client = aioredis.Redis(connection_pool=pool)
             self._async_clients[loop] = client
         await client.xadd(STREAM, {"event": _encode(event)})
 

@@ -102,10 +102,11 @@ class UsagePublisher:
                     async with asyncio.timeout(self.DIRECT_TIMEOUT_SECONDS):
                         await record_now(event)
                     continue
-                except Exception:  # noqa: BLE001 - any failure falls back to the retrying thread
+                except Exception as error:  # noqa: BLE001 - any failure: the retrying thread
                     name = type(recorder).__name__
                     metrics.USAGE_RECORDER_FAILURES.labels(recorder=name).inc()
-                    logger.warning("usage recorder %s failed; retrying in the background", name)
+                    logger.warning("usage recorder %s failed (%s); retrying in the background",
+                                   name, type(error).__name__)  # fmt: skip
             pending.put(event)
 
     def pending(self) -> int:
