@@ -29,9 +29,7 @@ logger = logging.getLogger(__name__)
 class PlacementError(EngineError):
     status = 503
     code = "model_capacity"
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "5"}
+    retry_after = 5
 
 
 def engine_processes(node: Node):

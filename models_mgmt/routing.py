@@ -30,9 +30,7 @@ class ModelNotReady(EngineError):
     status = 503
     code = "model_not_ready"
     error_type = "server_error"
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "10"}
+    retry_after = 10
 
 
 def _request_load(model: ServedModel) -> None:

@@ -11,6 +11,8 @@ class PlatformError(Exception):
     status = 400
     code = "invalid_request_error"
     error_type = "invalid_request_error"
+    # Seconds a client should wait before trying again (sent as Retry-After), where it helps.
+    retry_after: int | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -20,7 +22,7 @@ class PlatformError(Exception):
             self.code = code
 
     def headers(self) -> dict[str, str]:
-        return {}
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
     def as_dict(self) -> dict:
         return {
@@ -56,9 +58,6 @@ class RateLimited(PlatformError):
         super().__init__(message, code=code)
         self.retry_after = max(1, int(retry_after))
 
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
 
 def error_response(error: PlatformError) -> JsonResponse:
     response = JsonResponse(error.as_dict(), status=error.status)
@@ -71,9 +70,7 @@ class ServiceUnavailable(PlatformError):
     status = 503
     code = "service_unavailable"
     error_type = "server_error"
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": "1"}
+    retry_after = 1
 
 
 class ServerError(PlatformError):
