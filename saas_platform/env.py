@@ -6,13 +6,31 @@ import os
 from django.core.exceptions import ImproperlyConfigured
 
 
+def _raw(name: str) -> str | None:
+    """The variable's text, or None when it is unset or blank (then the default applies)."""
+    raw = os.environ.get(name)
+    return None if raw is None or raw.strip() == "" else raw
+
+
+def _number(name: str, raw: str, parse, kind: str, minimum):
+    try:
+        value = parse(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be {kind}, got {raw!r}") from None
+    if not math.isfinite(value):  # float("inf"), float("nan")
+        raise ImproperlyConfigured(f"{name} must be {kind}, got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def env_str(name: str, default: str = "") -> str:
     return os.environ.get(name, default).strip()
 
 
 def env_bool(name: str, default: bool = False) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _raw(name)
+    if raw is None:
         return default
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
@@ -23,33 +41,17 @@ def env_bool(name: str, default: bool = False) -> bool:
 
 
 def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
-    if minimum is not None and value < minimum:
-        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
-    return value
+    raw = _raw(name)
+    return default if raw is None else _number(name, raw, int, "an integer", minimum)
 
 
 def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or (minimum is not None and value < minimum):
-        raise ImproperlyConfigured(f"{name} must be a number of at least {minimum}, got {raw!r}")
-    return value
+    raw = _raw(name)
+    return default if raw is None else _number(name, raw, float, "a number", minimum)
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _raw(name)
+    if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
