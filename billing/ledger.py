@@ -29,8 +29,8 @@ from billing.models import DailyUsage, UsageRecord
 from billing.pricing import PriceBook
 from billing.usage import UsageEvent
 from saas_platform import metrics
+from saas_platform.redis_pools import redis_pool
 from saas_platform.threads import in_db_thread
-from tenants.admission import redis_pool
 from tenants.models import Tenant
 
 logger = logging.getLogger(__name__)
