@@ -9,21 +9,21 @@ from decimal import Decimal, InvalidOperation
 from django.contrib import admin, messages
 from django.db.models import DecimalField, OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
-from django.http import Http404, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html_join
-from django.utils.http import content_disposition_header
 
 from billing import exports
 from billing.admin_dashboard import usage_dashboard
-from billing.admin_selectors import month_start
+from billing.downloads import invoice_download
 from billing.invoices import (
     InvoiceError,
     credit_note_issue,
     invoice_close,
     invoice_for,
+    month_start,
     next_month,
     parse_period,
 )
@@ -190,15 +190,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
             month = parse_period(period)
         except ValueError:
             raise Http404("bad period") from None
-        data = invoice_for(get_object_or_404(Tenant, pk=tenant_id), month)
-        filename = exports.export_filename(data, fmt)
-        headers = {
-            "Content-Disposition": content_disposition_header(True, filename),
-            "Cache-Control": "private, no-store",  # a draft changes; invoices are private
-        }
-        return HttpResponse(
-            exports.EXPORTERS[fmt](data), content_type=exports.CONTENT_TYPES[fmt], headers=headers
-        )
+        return invoice_download(invoice_for(get_object_or_404(Tenant, pk=tenant_id), month), fmt)
 
     # --- closing months -------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
 """The admin's usage dashboard: tokens per day by tenant and by model, the top tenants, and the
 gateway's refusals by reason, over the last 7, 30 or 90 days. Usage comes from the daily
-rollups (billing.admin_selectors), refusals from their daily Redis counts (tenants.refusals).
+rollups (billing.selectors), refusals from their daily Redis counts (tenants.refusals).
 """
 
 from django.template.response import TemplateResponse
 
-from billing.admin_selectors import last_days, tokens_by_model, tokens_by_tenant, top_tenants
+from billing.selectors import last_days, tokens_by_model, tokens_by_tenant, top_tenants
 from saas_platform.charts import daily_chart, ranking_chart
 from tenants.refusals import refusals_per_day
 

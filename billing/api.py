@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 
 from billing import exports
 from billing.downloads import invoice_download, usage_download
-from billing.invoices import invoice_for, next_month, parse_period
+from billing.invoices import invoice_for, month_start, next_month, parse_period
 from billing.models import Invoice
 from saas_platform.errors import PlatformError
 from tenants.api_auth import (
@@ -77,10 +77,6 @@ class TenantApiView(APIView):
             )
 
 
-def _month_start(moment: datetime) -> date:
-    return date(moment.year, moment.month, 1)
-
-
 def _day_start(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
@@ -105,7 +101,7 @@ class InvoiceListApi(TenantApiView):
     def get(self, request):
         tenant = request.auth.tenant
         finals = Invoice.objects.filter(tenant=tenant, status=Invoice.Status.FINAL)
-        draft = invoice_for(tenant, _month_start(timezone.now()))
+        draft = invoice_for(tenant, month_start())
         return Response(
             {
                 "object": "list",
@@ -158,7 +154,7 @@ def _parse_moment(name: str, value: str) -> datetime:
 
 def _usage_range(query) -> tuple[datetime, datetime]:
     if "start" not in query and "end" not in query:
-        this_month = _month_start(timezone.now())
+        this_month = month_start()
         return _day_start(this_month), _day_start(next_month(this_month))
     for name in ("start", "end"):
         if name not in query:

@@ -77,6 +77,12 @@ def parse_period(value: str) -> date:
         raise ValueError(f"period must be YYYY-MM, got {value!r}") from None
 
 
+def month_start(moment: datetime | None = None) -> date:
+    """The first day of the month of `moment` (default now), in UTC."""
+    moment = (moment or timezone.now()).astimezone(UTC)
+    return date(moment.year, moment.month, 1)
+
+
 def next_month(period: date) -> date:
     days = calendar.monthrange(period.year, period.month)[1]
     return date.fromordinal(period.toordinal() + days)

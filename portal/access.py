@@ -7,6 +7,8 @@ from functools import wraps
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
 
 from tenants.models import Membership
 
@@ -54,7 +56,8 @@ def member_required(view=None, *, owner: bool = False):
             membership = current_membership(request)
             if membership is None:
                 if memberships_of(request.user).exists():
-                    return redirect(f"/portal/tenants/?next={request.path}")
+                    query = urlencode({"next": request.get_full_path()})
+                    return redirect(f"{reverse('portal:tenant_choose')}?{query}")
                 return render(request, "portal/no_tenant.html", status=403)
             if owner and membership.role != Membership.Role.OWNER:
                 raise PermissionDenied("Only the tenant's owners can do this.")

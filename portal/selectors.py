@@ -2,16 +2,16 @@
 keeps (billing.DailyUsage), so pages never scan the per-request ledger."""
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import Sum
-from django.utils import timezone
 
 from billing import money
-from billing.invoices import next_month
+from billing.invoices import month_start, next_month
 from billing.models import DailyUsage, Invoice
+from billing.selectors import tokens_by_model
 from saas_platform.charts import Chart, daily_chart
 
 
@@ -36,8 +36,8 @@ class MonthSummary:
         return min(999, int(self.spend * 100 / self.budget))
 
 
-def this_month() -> date:
-    return timezone.now().date().replace(day=1)
+def month_last_day(month: date) -> date:
+    return next_month(month) - timedelta(days=1)
 
 
 def daily_rows(tenant, first: date, last: date, model_id: str = ""):
@@ -46,9 +46,8 @@ def daily_rows(tenant, first: date, last: date, model_id: str = ""):
 
 
 def month_summary(tenant, month: date | None = None) -> MonthSummary:
-    month = month or this_month()
-    last = next_month(month).toordinal() - 1
-    totals = daily_rows(tenant, month, date.fromordinal(last)).aggregate(
+    month = month or month_start()
+    totals = daily_rows(tenant, month, month_last_day(month)).aggregate(
         requests=Sum("requests"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens"),
         amount=Sum("amount"),
     )  # fmt: skip
@@ -65,12 +64,7 @@ def month_summary(tenant, month: date | None = None) -> MonthSummary:
 
 
 def usage_chart(tenant, first: date, last: date, model_id: str = "") -> Chart:
-    points = (
-        (row["day"], row["model_id"], row["prompt_tokens"] + row["completion_tokens"])
-        for row in daily_rows(tenant, first, last, model_id).values(
-            "day", "model_id", "prompt_tokens", "completion_tokens"
-        )
-    )
+    points = tokens_by_model(tenant=tenant, first=first, last=last, model_id=model_id)
     return daily_chart("Tokens per day, by model", points, first, last, unit="tokens")
 
 

@@ -13,7 +13,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from billing.admin_selectors import last_days, tokens_by_model, with_month_usage
+from billing.selectors import last_days, tokens_by_model, with_month_usage
 from saas_platform.charts import daily_chart
 from saas_platform.errors import PlatformError
 from tenants import services

@@ -5,7 +5,7 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from billing.downloads import invoice_download
-from billing.invoices import invoice_data, invoice_for
+from billing.invoices import invoice_data, invoice_for, month_start
 from billing.models import Invoice
 from portal import selectors
 from portal.access import member_required
@@ -15,7 +15,7 @@ CURRENT = "current"
 
 def _invoice_data(request, ref: str):
     if ref == CURRENT:
-        return invoice_for(request.tenant, selectors.this_month())
+        return invoice_for(request.tenant, month_start())
     return invoice_data(get_object_or_404(Invoice, number=ref, tenant=request.tenant))
 
 
@@ -24,7 +24,7 @@ def _invoice_data(request, ref: str):
 def invoice_list(request):
     context = {
         "invoices": selectors.invoices_of(request.tenant),
-        "current": invoice_for(request.tenant, selectors.this_month()),
+        "current": invoice_for(request.tenant, month_start()),
     }
     return render(request, "portal/invoices.html", context)
 

@@ -1,10 +1,8 @@
-from datetime import timedelta
-
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from billing.invoices import next_month
+from billing.invoices import month_start
 from portal import selectors
 from portal.access import member_required
 from tenants.models import ApiKey
@@ -14,13 +12,12 @@ from tenants.models import ApiKey
 @member_required
 def overview(request):
     tenant = request.tenant
-    month = selectors.this_month()
-    last_day = next_month(month) - timedelta(days=1)
+    month = month_start()
     now = timezone.now()
     keys = list(tenant.api_keys.all())
     context = {
         "summary": selectors.month_summary(tenant, month),
-        "chart": selectors.usage_chart(tenant, month, last_day),
+        "chart": selectors.usage_chart(tenant, month, selectors.month_last_day(month)),
         "active_keys": sum(1 for key in keys if key.state_at(now) == ApiKey.State.ACTIVE),
         "has_keys": bool(keys),
         "recent_invoices": selectors.invoices_of(tenant)[:3],

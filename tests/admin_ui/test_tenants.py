@@ -9,11 +9,12 @@ from decimal import Decimal
 
 import pytest
 
-from billing.admin_selectors import month_start
+from billing.invoices import month_start
 from tenants import services
 from tenants.errors import TenantSuspended
 from tenants.models import Tenant
 from tests.billing.factories import event, store
+from tests.conftest import tenant_admin_form
 
 
 def _now():
@@ -76,19 +77,7 @@ def test_the_change_page_has_a_usage_chart_by_model_and_no_key_secret(
 
 
 def test_quotas_are_validated_as_everywhere_and_nothing_is_saved(admin_client, acme):
-    form = {
-        "slug": "acme",
-        "name": "Acme Corp",
-        "max_concurrent_requests": "0",
-        "max_tokens_per_minute": "1000",
-        "max_requests_per_minute": "",
-        "model_allow_list": "[]",
-        "monthly_budget": "",
-        "memberships-TOTAL_FORMS": "0",
-        "memberships-INITIAL_FORMS": "0",
-        "api_keys-TOTAL_FORMS": "0",
-        "api_keys-INITIAL_FORMS": "0",
-    }
+    form = tenant_admin_form(slug="acme", name="Acme Corp", max_concurrent_requests="0")
 
     response = admin_client.post(f"/admin/tenants/tenant/{acme.pk}/change/", form)
 
