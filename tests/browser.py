@@ -5,6 +5,7 @@ screenshots under test-output/screenshots/ (docs/screenshots/ holds the README's
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,17 +37,26 @@ def browser():
     del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
-@pytest.fixture
-def page(browser, gateway):
-    context = browser.new_context(base_url=gateway.url, viewport={"width": 1280, "height": 860},
+@contextmanager
+def open_page(browser, base_url: str, *, width: int = 1280, height: int = 860,
+              timeout_ms: int = 15_000):  # fmt: skip
+    """A page in a fresh context (no cookies) on `base_url`; fails the test on any JavaScript
+    error the page raised."""
+    context = browser.new_context(base_url=base_url, viewport={"width": width, "height": height},
                                   accept_downloads=True)  # fmt: skip
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(timeout_ms)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     yield page
     context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+@pytest.fixture
+def page(browser, gateway):
+    with open_page(browser, gateway.url) as page:
+        yield page
 
 
 def screenshot(page, name: str, *, hide=()) -> Path:

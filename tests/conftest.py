@@ -99,3 +99,22 @@ def manage(subprocess_env):
         )
 
     return run
+
+
+def tenant_admin_form(**overrides) -> dict[str, str]:
+    """The admin's tenant change form as a browser posts it (no member or key rows)."""
+    data = {
+        "slug": "initech",
+        "name": "Initech",
+        "max_concurrent_requests": "2",
+        "max_tokens_per_minute": "1000",
+        "max_requests_per_minute": "",
+        "model_allow_list": "[]",
+        "monthly_budget": "",
+        "memberships-TOTAL_FORMS": "0",
+        "memberships-INITIAL_FORMS": "0",
+        "api_keys-TOTAL_FORMS": "0",
+        "api_keys-INITIAL_FORMS": "0",
+    }
+    data.update(overrides)
+    return data

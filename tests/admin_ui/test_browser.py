@@ -18,7 +18,7 @@ from models_mgmt.services import model_register
 from tenants import services
 from tests.admin_ui.conftest import OPERATOR_PASSWORD
 from tests.billing.factories import event, store
-from tests.browser import screenshot
+from tests.browser import open_page, screenshot
 from tests.gateway import gateway_env
 from tests.models_mgmt.test_nodes_e2e import start_node_worker
 from tests.servers import free_port, gateway_command, running
@@ -52,14 +52,8 @@ def admin_server(transactional_db, tmp_path):
 
 @pytest.fixture
 def admin_page(browser, admin_server):
-    context = browser.new_context(base_url=admin_server, viewport={"width": 1440, "height": 900})
-    context.set_default_timeout(20_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors on the page: {errors}"
+    with open_page(browser, admin_server, width=1440, height=900, timeout_ms=20_000) as page:
+        yield page
 
 
 def _usage(customer_tenant):

@@ -4,6 +4,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from tenants.models import ApiKey, Tenant
+from tests.conftest import tenant_admin_form
 
 
 @pytest.fixture
@@ -17,26 +18,8 @@ def admin_client(client, operator):
     return client
 
 
-def _tenant_form(**overrides):
-    data = {
-        "slug": "initech",
-        "name": "Initech",
-        "max_concurrent_requests": "2",
-        "max_tokens_per_minute": "1000",
-        "max_requests_per_minute": "",
-        "model_allow_list": "[]",
-        "monthly_budget": "",
-        "memberships-TOTAL_FORMS": "0",
-        "memberships-INITIAL_FORMS": "0",
-        "api_keys-TOTAL_FORMS": "0",
-        "api_keys-INITIAL_FORMS": "0",
-    }
-    data.update(overrides)
-    return data
-
-
 def test_admin_creates_a_tenant(admin_client):
-    response = admin_client.post("/admin/tenants/tenant/add/", _tenant_form())
+    response = admin_client.post("/admin/tenants/tenant/add/", tenant_admin_form())
 
     assert response.status_code == 302
     assert Tenant.objects.get(slug="initech").max_tokens_per_minute == 1000
@@ -51,7 +34,7 @@ def test_admin_creates_a_tenant(admin_client):
     ],
 )
 def test_admin_shows_validation_errors_and_saves_nothing(admin_client, field, value, message):
-    response = admin_client.post("/admin/tenants/tenant/add/", _tenant_form(**{field: value}))
+    response = admin_client.post("/admin/tenants/tenant/add/", tenant_admin_form(**{field: value}))
 
     assert response.status_code == 200
     assert message in response.content.decode()
