@@ -334,9 +334,9 @@ def usage_csv_rows(
     rows = UsageRecord.objects.filter(tenant=tenant, occurred_at__gte=start, occurred_at__lt=end)
     if model_id:
         rows = rows.filter(model_id=model_id)
-    rows = rows.order_by(
-        "occurred_at", "id"
-    ).values_list(*_USAGE_FIELDS)  # id: a stable order for rows of the same moment
+    rows = rows.order_by("occurred_at", "id").values_list(
+        *_USAGE_FIELDS
+    )  # id: a stable order for rows of the same moment
     return _usage_chunks(rows)
 
 

@@ -5,21 +5,21 @@ drains it in batches (`ledger_drain`) through a consumer group. An entry is ackn
 after its batch is committed, so a worker killed mid-batch leaves it pending, and another drain
 claims and stores it again: `request_id` makes that second write a no-op. Without Redis (the
 embedded default) the recorder stores events directly.
+
+The stream is one key, so on a Redis Cluster it and its consumer group live on one slot (one
+node): every command here names that key alone.
 """
 
-import asyncio
 import json
 import logging
 import os
 import socket
-import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -29,7 +29,7 @@ from billing.models import DailyUsage, UsageRecord
 from billing.pricing import PriceBook
 from billing.usage import UsageEvent
 from saas_platform import metrics
-from saas_platform.redis_pools import redis_pool
+from saas_platform.redis_clients import async_client, sync_client
 from saas_platform.threads import in_db_thread
 from tenants.models import Tenant
 
@@ -281,35 +281,43 @@ def ledger_store(events: list[UsageEvent]) -> StoreResult:
     return StoreResult(stored=len(rows), duplicates=duplicates, conflicts=conflicts)
 
 
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+def _redis():
+    return sync_client(settings.REDIS_URL)  # the process's one client
 
 
 class LedgerRecorder:
     """The UsageRecorder for the ledger: appends the event to the Redis stream (the durable
-    buffer), or without Redis stores it at once. `arecord` is the gateway's direct path."""
+    buffer), or without Redis stores it at once. `arecord` is the gateway's direct path, and
+    `queue_append` puts the append in the gateway's own round trip."""
 
     def __init__(self):
-        self.client = _redis() if settings.REDIS_URL else None
-        self._async_clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.url = settings.REDIS_URL
+
+    @property
+    def client(self):
+        """The process's blocking client (None without Redis), got when used: a cluster's
+        client connects as it is made, and a recorder is made at start-up."""
+        return sync_client(self.url) if self.url else None
 
     def record(self, event: UsageEvent) -> None:
-        if self.client is None:
+        if not self.url:
             ledger_store([event])
             return
         self.client.xadd(STREAM, {"event": _encode(event)})
 
     async def arecord(self, event: UsageEvent) -> None:
-        if self.client is None:
+        if not self.url:
             await _store_in_thread([event])
             return
-        loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            pool = redis_pool(settings.REDIS_URL, max_connections=256)
-            client = aioredis.Redis(connection_pool=pool)
-            self._async_clients[loop] = client
-        await client.xadd(STREAM, {"event": _encode(event)})
+        await async_client(self.url).xadd(STREAM, {"event": _encode(event)})
+
+    def queue_append(self, pipe, event: UsageEvent) -> bool:
+        """Queue the append (one XADD) on the caller's async pipeline and return True; False
+        without Redis (the embedded default), where the caller records it otherwise."""
+        if not self.url:
+            return False
+        pipe.xadd(STREAM, {"event": _encode(event)})
+        return True
 
 
 _store_in_thread = in_db_thread(lambda events: ledger_store(events))
@@ -323,7 +331,7 @@ def _decode(raw: bytes) -> UsageEvent:
     return UsageEvent(**json.loads(raw))
 
 
-def _ensure_group(client: redis.Redis) -> None:
+def _ensure_group(client) -> None:
     try:
         client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
     except redis.ResponseError as error:

@@ -3,7 +3,8 @@ and NDJSONRecorder).
 
 Publishing never blocks or fails a response: events go onto an in-process queue that a
 background thread hands to every configured recorder, retrying a recorder that fails (with
-backoff) and counting failures in metrics. The billing issue adds the durable ledger recorder.
+backoff) and counting failures in metrics. The ledger's recorder (billing.ledger) is the
+durable one.
 """
 
 import asyncio
@@ -93,9 +94,22 @@ class UsagePublisher:
         for thread in self._threads:
             thread.start()
 
-    async def publish(self, event: UsageEvent) -> None:
+    def queue_appends(self, pipe, event: UsageEvent) -> list[UsageRecorder]:
+        """Queue the event on a Redis pipeline for each recorder that appends it to a stream
+        (`queue_append`), so that it travels in the caller's round trip; returns those that
+        queued it. Pass the ones whose append succeeded to `publish` as `recorded_by`."""
+        return [
+            recorder
+            for recorder, _pending in self._queues
+            if hasattr(recorder, "queue_append") and recorder.queue_append(pipe, event)
+        ]
+
+    async def publish(self, event: UsageEvent, *, recorded_by=()) -> None:
+        """Hand the event to every recorder except those in `recorded_by` (which have it)."""
         metrics.USAGE_EVENTS.inc()
         for recorder, pending in self._queues:
+            if recorder in recorded_by:
+                continue
             record_now = getattr(recorder, "arecord", None)
             if record_now is not None:
                 try:

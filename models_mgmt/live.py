@@ -12,11 +12,12 @@ import threading
 import time
 import weakref
 
-import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 
-# KEYS: route hash, in-flight hash, last-used hash. ARGV: now (ms).
+from saas_platform.redis_clients import async_client, sync_client
+
+# KEYS: route hash, in-flight hash, last-used hash, all tagged with the model (one slot on a
+# cluster). ARGV: now (ms).
 # Picks the ready node with the fewest requests in flight, counts the request, returns
 # {node, endpoint} or {} when no node has the model ready.
 _ROUTE = """
@@ -47,13 +48,13 @@ def _now_ms() -> int:
 class RedisLiveState:
     def __init__(self, url: str):
         self.url = url
-        self.client = redis.Redis.from_url(url, socket_timeout=2, decode_responses=True)
+        self.client = sync_client(url, decode_responses=True)
         self._async: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def _aclient(self):
         loop = asyncio.get_running_loop()
         if loop not in self._async:
-            client = aioredis.Redis.from_url(self.url, socket_timeout=2, decode_responses=True)
+            client = async_client(self.url, decode_responses=True)
             self._async[loop] = (client, client.register_script(_ROUTE))
         return self._async[loop]
 
@@ -66,6 +67,12 @@ class RedisLiveState:
     async def finished(self, model_id: str, node: str) -> None:
         client, _script = self._aclient()
         await client.hincrby(_keys(model_id)[1], node, -1)
+
+    @staticmethod
+    def queue_finished(pipe, model_id: str, node: str) -> None:
+        """`finished`, queued on the caller's pipeline (the one round trip that ends a
+        request). A pipeline of any Redis client: it needs no script."""
+        pipe.hincrby(_keys(model_id)[1], node, -1)
 
     # The workers' side (sync).
     def publish(self, model_id: str, node: str, endpoint: str) -> None:

@@ -22,6 +22,7 @@ from models_mgmt.live import live_state
 from models_mgmt.models import Node, Placement, ServedModel
 from models_mgmt.resource_manager import ResourceManager, ResourceManagerError
 from saas_platform import metrics
+from saas_platform.redis_clients import sync_client
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def engine_processes(node: Node):
 
 
 def _lock_name(node: Node) -> str:
-    return f"node-lock:{node.name}"
+    return f"node-lock:{{{node.name}}}"  # the lock's scripts touch this one key
 
 
 @contextmanager
@@ -50,9 +51,7 @@ def node_lock(node: Node):
     if not settings.REDIS_URL:
         yield
         return
-    from django_redis import get_redis_connection
-
-    lock = get_redis_connection("default").lock(_lock_name(node), timeout=900)
+    lock = sync_client().lock(_lock_name(node), timeout=900)
     if not lock.acquire(blocking_timeout=900):
         raise PlacementError(f"node {node.name} is busy with another decision")
     try:
@@ -197,9 +196,7 @@ def placement_reconcile(*, node_name: str, restarted: bool = False) -> list[str]
     still held is its dead predecessor's and is broken rather than waited out."""
     node = Node.objects.get(name=node_name)
     if restarted and settings.REDIS_URL:
-        from django_redis import get_redis_connection
-
-        get_redis_connection("default").delete(_lock_name(node))
+        sync_client().delete(_lock_name(node))
     with node_lock(node):
         processes = engine_processes(node)
         processes.reconcile()

@@ -8,7 +8,7 @@ else answers 503 with Retry-After.
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -57,10 +57,32 @@ def _failed(model: ServedModel) -> bool:
 _load_failed = in_db_thread(_failed)
 
 
-async def engine_for_request(model: ServedModel) -> tuple[object, Callable[[], Awaitable] | None]:
-    """The engine for one request, and what to call when the request has ended."""
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes: its engine and, for a `process` model, the node, whose count of
+    requests in flight the request holds until `finished` (or `queue_finished`)."""
+
+    engine: object
+    model_id: str
+    node: str | None = None
+
+    async def finished(self) -> None:
+        if self.node is not None:
+            await live_state().finished(self.model_id, self.node)
+
+    def queue_finished(self, pipe) -> bool:
+        """`finished`, queued on a Redis pipeline; False if there is nothing to queue there."""
+        live = live_state()
+        if self.node is None or not hasattr(live, "queue_finished"):
+            return False
+        live.queue_finished(pipe, self.model_id, self.node)
+        return True
+
+
+async def route_request(model: ServedModel) -> Route:
+    """The engine for one request (loading the model on a node first if none has it)."""
     if model.engine != ServedModel.Engine.PROCESS:
-        return engine_for(model), None
+        return Route(engine=engine_for(model), model_id=model.model_id)
     live = live_state()
     route = await live.route(model.model_id)
     if route is None:
@@ -80,8 +102,5 @@ async def engine_for_request(model: ServedModel) -> tuple[object, Callable[[], A
         if route is None:
             raise ModelNotReady(f"The model '{model.model_id}' is loading. Retry shortly.")
     node, endpoint = route
-
-    async def finished() -> None:
-        await live.finished(model.model_id, node)
-
-    return OpenAICompatibleEngine(base_url=endpoint), finished
+    return Route(engine=OpenAICompatibleEngine(base_url=endpoint), model_id=model.model_id,
+                 node=node)  # fmt: skip

@@ -12,8 +12,6 @@ import json
 import time
 from contextlib import contextmanager
 
-import redis
-
 from models_mgmt.resource_manager import (
     CapacityError,
     ModelDrainingError,
@@ -21,6 +19,7 @@ from models_mgmt.resource_manager import (
     ResourceManager,
     _Entry,
 )
+from saas_platform.redis_clients import sync_client
 
 POLL_SECONDS = 0.05
 LOCK_SECONDS = 30
@@ -30,8 +29,8 @@ class SharedResourceManager(ResourceManager):
     def __init__(self, budget_bytes: int, *, name: str, redis_url: str, **options):
         options.setdefault("clock", time.time)
         super().__init__(budget_bytes, **options)
-        self._client = redis.Redis.from_url(redis_url, socket_timeout=5)
-        tag = f"rm:{{{name}}}"
+        self._client = sync_client(redis_url)
+        tag = f"rm:{{{name}}}"  # one slot on a cluster, though no script spans the keys
         self._state_key, self._lock_key, self._waiters_key = (
             f"{tag}:state", f"{tag}:lock", f"{tag}:waiters"
         )  # fmt: skip

@@ -8,12 +8,11 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-import redis
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from reliability.load import Load, Outcome
 from reliability.services import VAR
+from saas_platform.redis_clients import async_client, sync_client
 
 WINDOW_MS = 60_000
 STATUS_OF_CODE = {"upstream_error": 502, "upstream_timeout": 504}
@@ -85,34 +84,31 @@ async def sample(redis_url: str, tenants: dict[str, TenantLimits], stop: asyncio
                  samples: Samples) -> None:  # fmt: skip
     """Every 100 ms: each tenant's live leases and 60-second windows against its limits; every
     500 ms each node's held bytes against its budget."""
-    client = aioredis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+    client = async_client(redis_url)
     tick = 0
-    try:
-        while not stop.is_set():
+    while not stop.is_set():
+        try:
+            for name, limits in tenants.items():
+                await _sample_tenant(client, name, limits, samples)
+            samples.taken += 1
+        except (RedisError, OSError):
+            samples.failed += 1
+        if tick % 5 == 0:
             try:
-                for name, limits in tenants.items():
-                    await _sample_tenant(client, name, limits, samples)
-                samples.taken += 1
-            except (RedisError, OSError):
-                samples.failed += 1
-            if tick % 5 == 0:
-                try:
-                    nodes = await asyncio.to_thread(_node_bytes)
-                except Exception:  # noqa: BLE001 - PostgreSQL restarting: no sample this time
-                    nodes = []
-                for node, used, budget in nodes:
-                    samples.node_samples += 1
-                    if used > budget:
-                        samples.bytes_over = max(samples.bytes_over, used - budget)
-                        samples.node_violations.append(f"{node}: {used} > {budget}")
-            tick += 1
-            await asyncio.sleep(0.1)
-    finally:
-        await client.aclose()
+                nodes = await asyncio.to_thread(_node_bytes)
+            except Exception:  # noqa: BLE001 - PostgreSQL restarting: no sample this time
+                nodes = []
+            for node, used, budget in nodes:
+                samples.node_samples += 1
+                if used > budget:
+                    samples.bytes_over = max(samples.bytes_over, used - budget)
+                    samples.node_violations.append(f"{node}: {used} > {budget}")
+        tick += 1
+        await asyncio.sleep(0.1)
 
 
 def live_leases(redis_url: str, tenant_ids: list[int]) -> dict[int, int]:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     seconds, micros = client.time()
     now = seconds * 1000 + micros // 1000
     return {t: client.zcount(_keys(t)["leases"], f"({now}", "+inf") for t in tenant_ids}
@@ -121,7 +117,7 @@ def live_leases(redis_url: str, tenant_ids: list[int]) -> dict[int, int]:
 def window_amounts(redis_url: str, tenant_ids: list[int]) -> dict[str, int]:
     """Each admitted request's entry in its tenant's token window: its reservation, replaced by
     the real count when it was released."""
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     amounts: dict[str, int] = {}
     for tenant_id in tenant_ids:
         for entry, tokens in client.hgetall(_keys(tenant_id)["amt"]).items():
@@ -137,7 +133,7 @@ def wait_drained(redis_url: str, request_ids: set[str], timeout: float = 60) -> 
     from billing.ledger import GROUP, STREAM
     from billing.models import UsageRecord
 
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

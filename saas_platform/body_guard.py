@@ -1,11 +1,11 @@
-"""How a request body may arrive: within a time limit, and for the inference API within its size.
+"""How a request body may arrive at Django: within a time limit (the gateway, gateway.http,
+bounds its own bodies in time and size).
 
 Django's ASGI handler reads the whole body (spooling it to disk past 2.5 MB) before any
 middleware or view runs, and uvicorn sets no limit on how long that takes. A client that trickles
 its body a byte at a time (slowloris) would hold the connection and its buffer for as long as it
-likes, and one that sends gigabytes would fill the disk before the view's 413. This ASGI wrapper
-sits in front of Django: past `REQUEST_BODY_TIMEOUT_SECONDS` the request gets 408, and a /v1/
-body larger than `INFERENCE_MAX_BODY_BYTES` (declared or counted) gets 413 without being read.
+likes. This ASGI wrapper sits in front of Django: past `REQUEST_BODY_TIMEOUT_SECONDS` the
+request gets 408.
 
 It tells Django the client went away (`http.disconnect`, so Django drops the request without a
 response), then answers itself, in OpenAI's error shape, and closes the connection.
@@ -13,36 +13,15 @@ response), then answers itself, in OpenAI's error shape, and closes the connecti
 
 import asyncio
 import json
-import uuid
 
 from django.conf import settings
 
-from saas_platform.errors import PlatformError
+from saas_platform.errors import PlatformError, RequestTimeout
 
 DISCONNECT = {"type": "http.disconnect"}
 
 
-class RequestTimeout(PlatformError):
-    status = 408
-    code = "request_timeout"
-
-
-class RequestTooLarge(PlatformError):
-    status = 413
-    code = "request_too_large"  # as inference.parsing's, which checks what reaches the view
-
-
-def _declared_length(scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None  # the server refuses a malformed length itself
-    return None
-
-
-async def _answer(send, scope, error: PlatformError) -> None:
+async def _answer(send, error: PlatformError) -> None:
     body = json.dumps(error.as_dict()).encode()
     headers = [
         (b"content-type", b"application/json"),
@@ -50,14 +29,8 @@ async def _answer(send, scope, error: PlatformError) -> None:
         # The rest of the body is never read: the connection cannot carry another request.
         (b"connection", b"close"),
     ]
-    if scope["path"].startswith("/v1/"):
-        headers.append((b"x-request-id", f"req_{uuid.uuid4().hex}".encode()))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def _too_large(limit: int) -> RequestTooLarge:
-    return RequestTooLarge(f"Request body is larger than {limit} bytes.")
 
 
 class BodyGuard:
@@ -67,20 +40,14 @@ class BodyGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = settings.INFERENCE_MAX_BODY_BYTES if scope["path"].startswith("/v1/") else None
-        declared = _declared_length(scope)
-        if limit is not None and declared is not None and declared > limit:
-            return await _answer(send, scope, _too_large(limit))
-
         loop = asyncio.get_running_loop()
         deadline = loop.time() + settings.REQUEST_BODY_TIMEOUT_SECONDS
-        received = 0
         complete = False
         refusal: PlatformError | None = None
         started = False
 
         async def guarded_receive():
-            nonlocal received, complete, refusal
+            nonlocal complete, refusal
             if refusal is not None:
                 return DISCONNECT
             if complete:
@@ -95,10 +62,6 @@ class BodyGuard:
                 )
                 return DISCONNECT
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if limit is not None and received > limit:
-                    refusal = _too_large(limit)
-                    return DISCONNECT
                 complete = not message.get("more_body", False)
             return message
 
@@ -110,5 +73,5 @@ class BodyGuard:
 
         await self.app(scope, guarded_receive, tracked_send)
         if refusal is not None and not started:
-            await _answer(send, scope, refusal)
+            await _answer(send, refusal)
         return None

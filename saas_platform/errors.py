@@ -66,6 +66,16 @@ def error_response(error: PlatformError) -> JsonResponse:
     return response
 
 
+class RequestTimeout(PlatformError):
+    status = 408
+    code = "request_timeout"
+
+
+class RequestTooLarge(PlatformError):
+    status = 413
+    code = "request_too_large"
+
+
 class ServiceUnavailable(PlatformError):
     status = 503
     code = "service_unavailable"
@@ -81,7 +91,7 @@ class ServerError(PlatformError):
 
 def server_error(request, *args, **kwargs):
     """handler500: API clients get OpenAI's error shape, people get Django's page."""
-    if request.path.startswith(("/v1/", "/api/")):
+    if request.path.startswith("/api/"):
         return error_response(ServerError("The server had an error processing your request."))
     from django.views.defaults import server_error as page
 

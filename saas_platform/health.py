@@ -7,6 +7,8 @@ from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 
+from saas_platform.redis_clients import sync_client
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,13 +22,12 @@ def _check_database() -> str | None:
 
 
 def _check_redis() -> str | None:
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    # The process's shared client (on a cluster, PING goes to every node): a stale pooled
+    # connection is retried, so a Redis back from a restart is healthy at once.
     try:
-        client.ping()
+        sync_client().ping()
     except redis.RedisError as exc:
         return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    finally:
-        client.close()
     return None
 
 

@@ -11,6 +11,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from saas_platform.env import env_bool, env_float, env_int, env_list, env_str
+from saas_platform.redis_clients import is_cluster
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -59,7 +60,7 @@ INSTALLED_APPS = [
     # The project package itself: shared templates, template tags (charts) and static files.
     "saas_platform",
     "tenants",
-    "inference",
+    "gateway",
     "models_mgmt",
     "billing",
     "portal",
@@ -78,14 +79,6 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Counts failed sign-ins (portal and admin) and locks out after LOGIN_FAILURE_LIMIT.
     "axes.middleware.AxesMiddleware",
-    # The gateway's pair, for /v1/ only, in the seed's order: the tenant first, then billing.
-    "tenants.middleware.TenantMiddleware",
-    "billing.middleware.BillingMiddleware",
-]
-# The inference API's chain (saas_platform/asgi.py): only what it uses, all of it async.
-GATEWAY_MIDDLEWARE = [
-    "tenants.middleware.TenantMiddleware",
-    "billing.middleware.BillingMiddleware",
 ]
 
 ROOT_URLCONF = "saas_platform.urls"
@@ -118,9 +111,23 @@ if not DATABASE_URL:
     VAR_DIR.mkdir(exist_ok=True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- Redis: the shared cache (key lookups, last-used throttling) and, later, the limiter state.
+# --- Redis: the shared cache (key lookups, last-used throttling), the limiter state, spend,
+# live routing, node locks, refusal counts and the usage stream. REDIS_URL names one Redis
+# (redis://host:port/db) or a Redis Cluster (redis+cluster://host:port, any one node); every
+# client comes from saas_platform/redis_clients.py.
 REDIS_URL = env_str("REDIS_URL")
-if REDIS_URL:
+REDIS_IS_CLUSTER = is_cluster(REDIS_URL)
+if REDIS_IS_CLUSTER:
+    # django-redis does not do cluster: Django's own Redis backend on the cluster client.
+    # A cluster that cannot be reached is a cache miss there too.
+    CACHES = {
+        "default": {
+            "BACKEND": "saas_platform.redis_cache.ClusterRedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "saas"),
+        }
+    }
+elif REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
@@ -136,14 +143,19 @@ if REDIS_URL:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
-# --- Celery: without a broker, tasks run eagerly in the calling process.
+# --- Celery: without a broker, tasks run eagerly in the calling process. The broker is its own
+# setting (one Redis or RabbitMQ: kombu does not do Redis Cluster).
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL")
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 600, minimum=1)
-CELERY_RESULT_BACKEND = REDIS_URL or None
+# No caller reads a task's result. Celery's Redis result backend does not do cluster either:
+# on a cluster there is none unless CELERY_RESULT_BACKEND names one.
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND") or (
+    None if REDIS_IS_CLUSTER else REDIS_URL or None
+)
 CELERY_BEAT_SCHEDULE = {
     # Move usage events from the Redis stream into the ledger.
     "ledger-drain": {"task": "billing.tasks.drain_usage_events", "schedule": 1.0},
@@ -302,7 +314,7 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tenant management API",
     "DESCRIPTION": "Invoices and usage of the tenant whose API key is presented. The inference "
-    "API (/v1/) has its own document, inference/openapi.yaml.",
+    "API (/v1/) has its own document, gateway/openapi.yaml.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": "/api/",

@@ -15,7 +15,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("portal/", include("portal.urls")),
-    path("v1/", include("inference.urls")),
     path("api/", include("billing.urls")),
     path("metrics", metrics_view, name="metrics"),
 ]

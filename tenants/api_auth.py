@@ -14,8 +14,7 @@ from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.permissions import BasePermission
 
 from saas_platform.errors import PlatformError, error_response
-from tenants import services
-from tenants.middleware import bearer_key
+from tenants import apikeys, services
 
 _ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
@@ -57,7 +56,9 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate(self, request):
         try:
-            found = services.tenant_for_key(bearer_key(request))
+            found = services.tenant_for_key(
+                apikeys.bearer_key(request.headers.get("Authorization", ""))
+            )
         except PlatformError as error:
             raise (KeyRejected if error.status == 401 else KeyRefused)(error) from None
         return ApiKeyUser(found), found

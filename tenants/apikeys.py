@@ -80,3 +80,11 @@ def normalize_prefix(value: str) -> str:
     """Accept a prefix as lists show it (`sk-AbC12345`) or bare (`AbC12345`)."""
     value = value.strip()
     return value[len(KEY_PREFIX) :] if value.startswith(KEY_PREFIX) else value
+
+
+def bearer_key(authorization: str) -> str | None:
+    """The key in an `Authorization: Bearer <key>` header value, or None."""
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credentials.strip() or None

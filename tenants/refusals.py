@@ -12,14 +12,13 @@ memory, where that process's admin reads them.
 import asyncio
 import logging
 import threading
-import weakref
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
-import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import RedisError
+
+from saas_platform.redis_clients import async_client, sync_client
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +26,11 @@ REFUSALS_TTL_SECONDS = 400 * 24 * 3600  # a year of dashboards, then gone
 
 _local: Counter = Counter()
 _local_lock = threading.Lock()
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis]" = (
-    weakref.WeakKeyDictionary()
-)
 _pending: set[asyncio.Task] = set()  # strong references, so a task is not collected mid-write
 
 
 def refusals_key(day: date) -> str:
+    # One hash a day, written with plain commands (no script): any slot of a cluster will do.
     return f"refusals:{day.isoformat()}"
 
 
@@ -41,18 +38,9 @@ def _today() -> date:
     return datetime.now(tz=UTC).date()
 
 
-def _async_client(loop: asyncio.AbstractEventLoop) -> aioredis.Redis:
-    # A client belongs to the event loop it was made in: one per loop (one per server process).
-    if loop not in _clients:
-        _clients[loop] = aioredis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=2
-        )
-    return _clients[loop]
-
-
-async def _write(client: aioredis.Redis, key: str, reason: str) -> None:
+async def _write(key: str, reason: str) -> None:
     try:
-        async with client.pipeline(transaction=False) as pipe:
+        async with async_client().pipeline(transaction=False) as pipe:
             pipe.hincrby(key, reason, 1)
             pipe.expire(key, REFUSALS_TTL_SECONDS)
             await pipe.execute()
@@ -72,12 +60,12 @@ def count_refusal(reason: str) -> None:
         loop = asyncio.get_running_loop()
     except RuntimeError:  # called from synchronous code: write it here
         try:
-            pipe = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2).pipeline()
+            pipe = sync_client().pipeline(transaction=False)
             pipe.hincrby(key, reason, 1).expire(key, REFUSALS_TTL_SECONDS).execute()
         except (RedisError, OSError) as error:
             logger.warning("could not count a %s refusal: %s", reason, error)
         return
-    task = loop.create_task(_write(_async_client(loop), key, reason))
+    task = loop.create_task(_write(key, reason))
     _pending.add(task)
     task.add_done_callback(_pending.discard)
 
@@ -88,11 +76,10 @@ def refusals_per_day(first: date, last: date) -> list[tuple[date, str, int]]:
     if not settings.REDIS_URL:
         with _local_lock:
             return [(day, reason, n) for (day, reason), n in _local.items() if day in days]
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, decode_responses=True)
-    pipe = client.pipeline(transaction=False)
-    for day in days:
-        pipe.hgetall(refusals_key(day))
     try:
+        pipe = sync_client(decode_responses=True).pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(refusals_key(day))
         counts = pipe.execute()
     except (RedisError, OSError) as error:
         logger.warning("could not read refusal counts: %s", error)

@@ -17,7 +17,7 @@ from tenants.models import Membership
 ROOT = Path(__file__).resolve().parent.parent
 
 # The real gateway, engines, a browser and their fixtures, for every test folder.
-pytest_plugins = ["tests.gateway", "tests.browser"]
+pytest_plugins = ["tests.gateway_server", "tests.browser", "tests.redis_cluster"]
 
 
 @pytest.fixture(autouse=True)

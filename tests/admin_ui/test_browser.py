@@ -19,7 +19,7 @@ from tenants import services
 from tests.admin_ui.conftest import OPERATOR_PASSWORD
 from tests.billing.factories import event, store
 from tests.browser import open_page, screenshot
-from tests.gateway import gateway_env
+from tests.gateway_server import gateway_env
 from tests.models_mgmt.test_nodes_e2e import start_node_worker
 from tests.servers import free_port, gateway_command, running
 

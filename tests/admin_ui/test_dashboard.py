@@ -12,7 +12,7 @@ import pytest
 
 from tenants.refusals import refusals_per_day
 from tests.billing.factories import event, store
-from tests.gateway import make_customer
+from tests.gateway_server import make_customer
 
 
 def _spec(page: str, chart_id: str) -> dict:

@@ -11,10 +11,11 @@ import pytest
 
 from billing import spend
 from billing.pricing import price_set
+from gateway.admission import Limits, LocalAdmission, RedisAdmission
 from tenants import services
-from tenants.admission import Limits, LocalAdmission, RedisAdmission
 from tests.billing.factories import event, store
-from tests.gateway import make_customer
+from tests.gateway_server import make_customer
+from tests.redis_cluster import url_of
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -51,11 +52,13 @@ def test_no_budget_means_no_budget_check(gateway, catalog):
     assert response.status_code == 200
 
 
-@pytest.mark.parametrize("backend", ["redis", "local"])
-def test_admission_backends_check_the_budget(settings, backend):
+@pytest.mark.parametrize("backend", ["redis", "cluster", "local"])
+def test_admission_backends_check_the_budget(request, settings, backend):
     limits = Limits(max_concurrent=5, tokens_per_minute=1000, budget_micros=2_000_000)
     if backend == "local":
         settings.REDIS_URL = ""
+    elif backend == "cluster":  # the spend key shares the admission keys' slot
+        settings.REDIS_URL = url_of(request, "cluster")
     tenant_id = 424242
 
     async def admit(lease_id):

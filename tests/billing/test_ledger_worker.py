@@ -17,7 +17,7 @@ from billing.ledger import LedgerRecorder
 from billing.models import UsageRecord
 from billing.pricing import price_set
 from tests.billing.factories import event
-from tests.gateway import gateway_env, make_customer
+from tests.gateway_server import gateway_env, make_customer
 from tests.servers import ROOT, free_port, gateway_command, running
 
 HI = [{"role": "user", "content": "hi"}]
@@ -90,13 +90,13 @@ def _drain(crash_at: str | None, env: dict) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("crash_at", ["before_commit", "after_commit"])
 def test_a_worker_killed_mid_batch_loses_nothing_and_doubles_nothing(
-    transactional_db, acme, crash_at
+    transactional_db, acme, crash_at, redis_url
 ):
     recorder = LedgerRecorder()
     events = [event(acme) for _ in range(25)]
     for usage in events:
         recorder.record(usage)
-    env = gateway_env(LEDGER_RECLAIM_IDLE_SECONDS="0")
+    env = gateway_env(LEDGER_RECLAIM_IDLE_SECONDS="0", REDIS_URL=redis_url)
 
     crashed = _drain(crash_at, env)
     stored_by_crashed = UsageRecord.objects.count()

@@ -6,14 +6,16 @@ import asyncio
 import pytest
 
 from models_mgmt.live import LocalLiveState, RedisLiveState
+from saas_platform.redis_clients import async_client
+from tests.redis_cluster import flush, url_of
 
 
-@pytest.fixture(params=["redis", "local"])
-def live(request, settings):
-    if request.param == "redis":
-        state = RedisLiveState(settings.REDIS_URL)
-        state.client.flushdb()
-        return state
+@pytest.fixture(params=["redis", "cluster", "local"])
+def live(request):
+    if request.param != "local":  # one Redis, or a Redis Cluster (tests/redis_cluster.py)
+        url = url_of(request, "single" if request.param == "redis" else "cluster")
+        flush(url)
+        return RedisLiveState(url)
     return LocalLiveState()
 
 
@@ -65,3 +67,25 @@ def test_concurrent_routes_count_every_request(live):
     asyncio.run(scenario())
 
     assert live.in_flight("llama", "n1") == 30
+
+
+def test_a_queued_finish_ends_the_count_in_the_callers_round_trip(live):
+    if isinstance(live, LocalLiveState):
+        pytest.skip("the embedded default has no pipeline: the gateway calls finished()")
+    live.publish("llama", "n1", "http://127.0.0.1:9001/v1")
+    live.publish("mistral", "n1", "http://127.0.0.1:9001/v1")
+
+    async def scenario():
+        for model in ("llama", "llama", "mistral"):
+            await live.route(model)
+        # The gateway's own client and pipeline (not decoding), two models: two slots.
+        pipe = async_client(live.url).pipeline(transaction=False)
+        live.queue_finished(pipe, "llama", "n1")
+        live.queue_finished(pipe, "mistral", "n1")
+        return await pipe.execute()
+
+    results = asyncio.run(scenario())
+
+    assert results == [1, 0]  # one command each, the counts after it
+    assert live.in_flight("llama", "n1") == 1
+    assert live.in_flight("mistral", "n1") == 0

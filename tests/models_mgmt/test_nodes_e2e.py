@@ -15,7 +15,7 @@ from models_mgmt.models import Node, Placement
 from models_mgmt.placements import engine_processes, node_add
 from models_mgmt.services import model_register
 from models_mgmt.tasks import node_tick
-from tests.gateway import gateway_env, make_customer
+from tests.gateway_server import gateway_env, make_customer
 from tests.servers import ROOT, free_port, gateway_command, running
 
 BROKER = "redis://127.0.0.1:6379/11"

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.gateway import Gateway, gateway_env
+from tests.gateway_server import Gateway, gateway_env
 from tests.servers import free_port, gateway_command, running
 
 

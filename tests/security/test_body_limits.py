@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.gateway import make_customer
+from tests.gateway_server import make_customer
 from tests.security.conftest import error_of, own_gateway
 
 HI = [{"role": "user", "content": "hi"}]

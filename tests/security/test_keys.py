@@ -18,7 +18,7 @@ from django.utils import timezone
 from tenants import apikeys, services
 from tenants.errors import UnknownApiKey
 from tenants.models import ApiKey
-from tests.gateway import make_customer
+from tests.gateway_server import make_customer
 from tests.security.conftest import own_gateway
 
 HI = [{"role": "user", "content": "hi"}]

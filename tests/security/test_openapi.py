@@ -13,11 +13,11 @@ import yaml
 from django.conf import settings as django_settings
 from hypothesis import HealthCheck, settings
 
-from inference.parsing import MAX_N
-from tests.gateway import make_customer
+from gateway.parsing import MAX_N
+from tests.gateway_server import make_customer
 
 ROOT = Path(__file__).resolve().parents[2]
-INFERENCE_DOC = ROOT / "inference" / "openapi.yaml"
+INFERENCE_DOC = ROOT / "gateway" / "openapi.yaml"
 EXAMPLES = 25
 inference_schema = schemathesis.openapi.from_path(INFERENCE_DOC)
 

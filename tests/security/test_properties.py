@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing.money import LEDGER_PLACES, MINOR_UNITS, round_line, to_micros, usage_amount
-from inference.parsing import Endpoint, InvalidRequest, RequestTooLarge, parse
-from tenants.admission import Limits, LocalAdmission, RedisAdmission
+from gateway.admission import Limits, LocalAdmission, RedisAdmission
+from gateway.parsing import Endpoint, InvalidRequest, RequestTooLarge, parse
 
 FAST = settings(max_examples=150, deadline=None, database=None)
 text = st.text(max_size=40)
@@ -74,8 +74,16 @@ def test_a_valid_chat_body_reserves_its_estimate_plus_its_most_output(
     assert request.body == body  # what is forwarded is what was sent
 
 
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_not_json_and_are_refused(constant):
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": %s}'
+    with pytest.raises(InvalidRequest, match="not valid JSON"):
+        parse(Endpoint.CHAT, raw % constant.encode())
+
+
 @FAST
-@given(value=st.integers() | st.floats() | st.text(max_size=5) | st.booleans())
+@given(value=st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+       | st.text(max_size=5) | st.booleans())  # fmt: skip
 def test_max_tokens_outside_1_to_the_limit_is_refused_naming_it(value):
     body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": value}
     valid = isinstance(value, int) and not isinstance(value, bool)

@@ -1,13 +1,13 @@
 """What passes between the client and the engine: the forwarded body, the metered response,
 and the server-sent-event stream relayed chunk by chunk as the engine produces it."""
 
-import json
 import time
 from collections.abc import AsyncIterator
 
-from billing.metering import UsageMeter
-from inference.parsing import Endpoint, InferenceRequest
-from models_mgmt.engines import EngineError
+import orjson
+
+from gateway.metering import UsageMeter
+from gateway.parsing import Endpoint, InferenceRequest
 from models_mgmt.models import ServedModel
 
 DONE = b"data: [DONE]\n\n"
@@ -24,7 +24,7 @@ def forwarded_body(request: InferenceRequest, model: ServedModel) -> dict:
 
 
 def _event(payload: dict) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def _choice_text(choice: dict) -> str:
@@ -41,6 +41,7 @@ class StreamTally:
         self.texts: list[str] = []
         self.content_chunks = 0
         self.reported: dict | None = None
+        self.last: dict = {}  # the last chunk, whose id and time the usage chunk repeats
         self.counted = False
 
     def add(self, chunk: dict) -> None:
@@ -97,51 +98,45 @@ def _usage_payload(meter: UsageMeter) -> dict:
     }
 
 
-async def relay_stream(
-    chunks: AsyncIterator[dict],
-    request: InferenceRequest,
-    model: ServedModel,
-    meter: UsageMeter,
-    engine,
+async def relay_chunks(
+    chunks: AsyncIterator[dict], request: InferenceRequest, model: ServedModel, tally: StreamTally
 ) -> AsyncIterator[bytes]:
-    tally = StreamTally(request, engine)
-    meter.before_publish(tally.settle)  # also runs when the client leaves mid-stream
-    last: dict = {}
-    try:
-        async for chunk in chunks:
-            if not isinstance(chunk, dict):
-                continue
-            usage = chunk.get("usage")
-            if isinstance(usage, dict):
-                tally.reported = usage
-            tally.add(chunk)
-            last = chunk
-            if not chunk.get("choices") and usage is not None:
-                continue  # the usage chunk: sent (once counts are final) below, if asked for
-            if not request.include_usage:
-                chunk.pop("usage", None)
-            chunk["model"] = model.model_id
-            yield _event(chunk)
-        await tally.settle(meter)
-        # Release and record before the last bytes go out: a client that has read [DONE] has
-        # been billed, even if this process dies the next instant.
-        await meter.finish_shielded(status=200)
-        if request.include_usage:
-            yield _event(
-                {
-                    "id": last.get("id", meter.request_id),
-                    "object": "chat.completion.chunk"
-                    if request.endpoint == Endpoint.CHAT
-                    else "text_completion",
-                    "created": last.get("created", int(time.time())),
-                    "model": model.model_id,
-                    "choices": [],
-                    "usage": _usage_payload(meter),
-                }
-            )
-        yield DONE
-    except EngineError as error:
-        # Headers are sent: end the stream cleanly with an error event the client can read.
-        meter.stream_error_status = error.status
-        yield _event(error.as_dict())
-        yield DONE
+    """The engine's chunks as server-sent events for the client, counted on `tally`. The usage
+    chunk is held back: it is sent, once the counts are final, by `usage_event`."""
+    async for chunk in chunks:
+        if not isinstance(chunk, dict):
+            continue
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            tally.reported = usage
+        tally.add(chunk)
+        tally.last = chunk
+        if not chunk.get("choices") and usage is not None:
+            continue
+        if not request.include_usage:
+            chunk.pop("usage", None)
+        chunk["model"] = model.model_id
+        yield _event(chunk)
+
+
+def usage_event(request: InferenceRequest, model: ServedModel, meter: UsageMeter,
+                tally: StreamTally) -> bytes:  # fmt: skip
+    """The final usage chunk a client that asked for `include_usage` gets."""
+    last = tally.last
+    return _event(
+        {
+            "id": last.get("id", meter.request_id),
+            "object": "chat.completion.chunk"
+            if request.endpoint == Endpoint.CHAT
+            else "text_completion",
+            "created": last.get("created", int(time.time())),
+            "model": model.model_id,
+            "choices": [],
+            "usage": _usage_payload(meter),
+        }
+    )
+
+
+def error_event(error) -> bytes:
+    """An engine failure after the headers were sent: an error event the client can read."""
+    return _event(error.as_dict())

@@ -9,9 +9,10 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+import orjson
 from django.conf import settings
 
-from saas_platform.errors import PlatformError
+from saas_platform.errors import PlatformError, RequestTooLarge
 
 MAX_N = 16
 
@@ -25,11 +26,6 @@ class Endpoint(StrEnum):
 class InvalidRequest(PlatformError):
     status = 400
     code = "invalid_request_error"
-
-
-class RequestTooLarge(PlatformError):
-    status = 413
-    code = "request_too_large"
 
 
 @dataclass(frozen=True)
@@ -110,17 +106,30 @@ def _strings_or_tokens(value, param: str) -> tuple[str, int]:
     )
 
 
+def _refuse_constant(name: str):
+    raise InvalidRequest(f"The request body is not valid JSON: {name} is not a JSON number.")
+
+
+def _strict_json(raw: bytes):
+    """JSON that orjson refused: read again by the standard library, which takes integers of
+    any size but, like orjson, no NaN or Infinity (not JSON: an engine would choke on them)."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("The request body is not valid JSON.") from None
+    except RecursionError:  # thousands of nested brackets: json.loads recurses per level
+        raise InvalidRequest("The request body is nested too deeply.") from None
+
+
 def parse(endpoint: Endpoint, raw: bytes) -> InferenceRequest:
     if len(raw) > settings.INFERENCE_MAX_BODY_BYTES:
         raise RequestTooLarge(
             f"Request body is larger than {settings.INFERENCE_MAX_BODY_BYTES} bytes."
         )
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("The request body is not valid JSON.") from None
-    except RecursionError:  # thousands of nested brackets: json.loads recurses per level
-        raise InvalidRequest("The request body is nested too deeply.") from None
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        body = _strict_json(raw)  # the slow path, for what orjson cannot read (big integers)
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     model = body.get("model")

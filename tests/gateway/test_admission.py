@@ -8,16 +8,18 @@ import time
 import pytest
 import time_machine
 
-from tenants.admission import Limits, LocalAdmission, RedisAdmission
+from gateway.admission import Limits, LocalAdmission, RedisAdmission
+from tests.redis_cluster import url_of
 
 _tenant_ids = itertools.count(1_000_000)
 
 
-@pytest.fixture(params=["redis", "local"])
+@pytest.fixture(params=["redis", "cluster", "local"])
 def make_backend(request, settings):
     settings.ADMISSION_LEASE_SECONDS = 1
-    if request.param == "redis":
-        return lambda: RedisAdmission(settings.REDIS_URL)
+    if request.param != "local":  # one Redis, or a Redis Cluster (tests/redis_cluster.py)
+        url = url_of(request, "single" if request.param == "redis" else "cluster")
+        return lambda: RedisAdmission(url)
     shared = LocalAdmission()
     return lambda: shared
 

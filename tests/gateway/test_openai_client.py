@@ -10,7 +10,7 @@ import pytest
 
 from models_mgmt.services import model_register
 from tenants import apikeys, services
-from tests.gateway import make_customer
+from tests.gateway_server import make_customer
 
 
 def test_models_list_shows_the_enabled_models_the_tenant_may_use(gateway, catalog):

@@ -20,16 +20,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from django.conf import settings
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from billing.money import to_micros
 from billing.spend import month_key, spend_get_local, spend_key
+from gateway.admission_lua import ADMIT, RELEASE, RENEW
 from saas_platform import metrics
 from saas_platform.errors import RateLimited, ServiceUnavailable
-from saas_platform.redis_pools import redis_pool
-from tenants.admission_lua import ADMIT, RELEASE, RENEW
+from saas_platform.redis_clients import async_client
 from tenants.refusals import count_refusal
 
 logger = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ def _lease_ms() -> int:
 
 class RedisAdmission:
     def __init__(self, url: str):
-        self.client = aioredis.Redis(connection_pool=redis_pool(url, max_connections=1024))
+        self.client = async_client(url)
         self._admit = self.client.register_script(ADMIT)
         self._release = self.client.register_script(RELEASE)
         self._renew = self.client.register_script(RENEW)
@@ -122,6 +121,17 @@ class RedisAdmission:
 
     async def release(self, tenant_id, lease_id, reserved, actual) -> None:
         await self._release(keys=self._keys(tenant_id), args=[lease_id, reserved, actual])
+
+    def queue_release(self, pipe, tenant_id, lease_id, reserved, actual) -> None:
+        """`release`, queued on a pipeline (the one round trip that finishes a request). A
+        Redis that lost its script cache answers NOSCRIPT: the caller then calls `release`."""
+        # execute_command, not evalsha: a cluster's pipeline refuses evalsha() itself.
+        pipe.execute_command("EVALSHA", self._release.sha, 6, *self._keys(tenant_id), lease_id,
+                             reserved, actual)  # fmt: skip
+
+    def queue_renew(self, pipe, tenant_id, lease_id) -> None:
+        pipe.execute_command("EVALSHA", self._renew.sha, 6, *self._keys(tenant_id), lease_id,
+                             _lease_ms())  # fmt: skip
 
     async def renew(self, tenant_id, lease_id) -> bool:
         return bool(await self._renew(keys=self._keys(tenant_id), args=[lease_id, _lease_ms()]))
@@ -269,6 +279,62 @@ _REFUSAL_MESSAGES = {
 }
 
 
+class _Renewer:
+    """Renews every running lease of one event loop (one server process), every third of the
+    lease time, all in one round trip: one task per process rather than one per request."""
+
+    def __init__(self):
+        self.leases: dict[str, Lease] = {}
+        self._task: asyncio.Task | None = None
+
+    def add(self, lease: "Lease") -> None:
+        self.leases[lease.lease_id] = lease
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def discard(self, lease: "Lease") -> None:
+        self.leases.pop(lease.lease_id, None)
+
+    async def _run(self) -> None:
+        try:
+            while self.leases:
+                await asyncio.sleep(settings.ADMISSION_LEASE_SECONDS / 3)
+                try:
+                    await self._renew(list(self.leases.values()))
+                except Exception:  # noqa: BLE001 - keep renewing through a Redis blip
+                    logger.warning("renewing %d leases failed", len(self.leases))
+        finally:
+            self._task = None
+
+    @staticmethod
+    async def _renew(leases: list["Lease"]) -> None:
+        batched = [lease for lease in leases if isinstance(lease.backend, RedisAdmission)]
+        if batched:
+            pipe = batched[0].backend.client.pipeline(transaction=False)
+            for lease in batched:
+                lease.backend.queue_renew(pipe, lease.tenant_id, lease.lease_id)
+            results = await pipe.execute(raise_on_error=False)
+            if any(isinstance(result, NoScriptError) for result in results):
+                for lease in batched:  # Redis lost its scripts: one by one, loading it again
+                    await lease.backend.renew(lease.tenant_id, lease.lease_id)
+        for lease in leases:
+            if not isinstance(lease.backend, RedisAdmission):
+                await lease.backend.renew(lease.tenant_id, lease.lease_id)
+
+
+_renewers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Renewer]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _renewer() -> _Renewer:
+    loop = asyncio.get_running_loop()
+    renewer = _renewers.get(loop)
+    if renewer is None:
+        renewer = _renewers[loop] = _Renewer()
+    return renewer
+
+
 class Lease:
     """An admitted request's hold on its tenant's limits, renewed while it runs. `release`
     reconciles the reservation to the real count; it is idempotent and never raises."""
@@ -281,23 +347,33 @@ class Lease:
         self.lease_id = lease_id
         self.reserved = tokens
         self._released = False
-        self._renewer = asyncio.create_task(self._renew_forever()) if backend else None
+        if backend is not None:
+            _renewer().add(self)
 
-    async def _renew_forever(self) -> None:
-        interval = settings.ADMISSION_LEASE_SECONDS / 3
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.backend.renew(self.tenant_id, self.lease_id)
-            except Exception:  # noqa: BLE001 - keep renewing through a Redis blip
-                logger.warning("lease renewal failed for tenant %s", self.tenant_id)
-
-    async def release(self, actual_tokens: int) -> None:
+    def _end(self) -> bool:
+        """Stop renewing; False if the lease was already released."""
         if self._released:
-            return
+            return False
         self._released = True
-        if self._renewer is not None:
-            self._renewer.cancel()
+        if self.backend is not None:
+            _renewer().discard(self)
+        return True
+
+    def queue_release(self, pipe, actual_tokens: int) -> bool:
+        """Queue the release on `pipe` when Redis holds the lease; False if it is not queued
+        (already released, or another backend: then call `release`)."""
+        if not isinstance(self.backend, RedisAdmission) or self._released:
+            return False
+        self._end()
+        self.backend.queue_release(
+            pipe, self.tenant_id, self.lease_id, self.reserved, actual_tokens
+        )
+        return True
+
+    async def release(self, actual_tokens: int, *, again: bool = False) -> None:
+        """Release (idempotent); `again` retries a queued release that Redis could not run."""
+        if not self._end() and not again:
+            return
         if self.backend is None:
             return
         try:
@@ -366,17 +442,17 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{rest}s" if minutes else f"{rest}s"
 
 
-def rate_limit_headers(tenant, decision: Decision | None) -> dict[str, str]:
+def rate_limit_headers(tenant, decision: Decision | None) -> list[tuple[str, str]]:
     """The x-ratelimit-* headers OpenAI sends; remaining and reset when admission ran."""
-    headers = {"x-ratelimit-limit-tokens": str(tenant.max_tokens_per_minute)}
+    headers = [("x-ratelimit-limit-tokens", str(tenant.max_tokens_per_minute))]
     rpm = tenant.max_requests_per_minute
     if rpm:
-        headers["x-ratelimit-limit-requests"] = str(rpm)
+        headers.append(("x-ratelimit-limit-requests", str(rpm)))
     if decision is not None:
-        headers["x-ratelimit-remaining-tokens"] = str(
-            max(0, tenant.max_tokens_per_minute - decision.tokens_used)
-        )
-        headers["x-ratelimit-reset-tokens"] = _duration(decision.reset_tokens)
+        remaining = max(0, tenant.max_tokens_per_minute - decision.tokens_used)
+        headers.append(("x-ratelimit-remaining-tokens", str(remaining)))
+        headers.append(("x-ratelimit-reset-tokens", _duration(decision.reset_tokens)))
         if rpm:
-            headers["x-ratelimit-remaining-requests"] = str(max(0, rpm - decision.requests_used))
+            headers.append(("x-ratelimit-remaining-requests",
+                            str(max(0, rpm - decision.requests_used))))  # fmt: skip
     return headers

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from tests.gateway import LEASE_SECONDS, fake_model, gateway_env, make_customer
+from tests.gateway_server import LEASE_SECONDS, fake_model, gateway_env, make_customer
 from tests.servers import free_port, gateway_command, running
 
 HI = [{"role": "user", "content": "hi"}]

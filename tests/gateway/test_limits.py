@@ -5,7 +5,7 @@ import time
 
 import httpx
 
-from tests.gateway import LEASE_SECONDS, fake_model, make_customer
+from tests.gateway_server import LEASE_SECONDS, fake_model, make_customer
 
 HI = [{"role": "user", "content": "hi"}]
 

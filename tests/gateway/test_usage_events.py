@@ -5,7 +5,7 @@ import asyncio
 
 import httpx
 
-from tests.gateway import fake_model, make_customer
+from tests.gateway_server import fake_model, make_customer
 
 HI = [{"role": "user", "content": "hi"}]
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inference.parsing import Endpoint, InvalidRequest, RequestTooLarge, parse
+from gateway.parsing import Endpoint, InvalidRequest, RequestTooLarge, parse
 
 HI = [{"role": "user", "content": "hi"}]
 

@@ -1,0 +1,31 @@
+"""The models a tenant may use: `/v1/models`, `/v1/models/{id}`, and the lookup every inference
+request makes (from the per-process catalog cache, on the event loop)."""
+
+from models_mgmt.models import ServedModel
+from models_mgmt.selectors import acatalog
+
+
+async def allowed_models(tenant) -> list[ServedModel]:
+    catalog = await acatalog()
+    config = tenant.config
+    return sorted((m for model_id, m in catalog.items() if config.model_allowed(model_id)), key=str)
+
+
+async def allowed_model(tenant, model_id: str) -> ServedModel | None:
+    """One model, if enabled and the tenant may use it: a lookup, not a filtered catalog copy
+    on every request."""
+    model = (await acatalog()).get(model_id)
+    return model if model is not None and tenant.config.model_allowed(model_id) else None
+
+
+def model_object(model: ServedModel) -> dict:
+    return {
+        "id": model.model_id,
+        "object": "model",
+        "created": int(model.created_at.timestamp()),
+        "owned_by": "saas-platform",
+    }
+
+
+def model_list(models: list[ServedModel]) -> dict:
+    return {"object": "list", "data": [model_object(m) for m in models]}
