@@ -3,6 +3,7 @@ embedded default), so the budget check costs no extra round trip. Kept in whole 
 the currency; the ledger in PostgreSQL stays the truth and `spend_reconcile` resets from it."""
 
 import threading
+import time
 from datetime import datetime
 
 from django.conf import settings
@@ -15,7 +16,11 @@ from saas_platform.redis_clients import is_cluster, sync_client
 
 
 def month_key(moment: datetime | None = None) -> str:
-    return (moment or timezone.now()).strftime("%Y-%m")
+    """`YYYY-MM` of `moment` (aware, UTC), or of now: the admission script's key on every
+    request, so now is read from the clock directly rather than through Django's timezone."""
+    if moment is None:
+        return time.strftime("%Y-%m", time.gmtime())
+    return moment.strftime("%Y-%m")
 
 
 def spend_key(tenant_id: int, month: str) -> str:
