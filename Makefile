@@ -79,6 +79,7 @@ test: $(STAMP) $(NODE_STAMP) services browser
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/bandit -q -c pyproject.toml -r .
 	@# Known vulnerabilities of the installed packages, from PyPI's JSON API. Where that API
 	@# cannot be reached, packages are listed as not audited; PIP_AUDIT_ARGS=--strict fails then.

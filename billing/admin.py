@@ -1,7 +1,8 @@
 """The operator's admin for billing: the ledger and finalized invoices read-only, prices added
 (never edited: a change is a new price from a later time), months closed, invoices exported
 (CSV, PDF, JSON: billing.exports) and corrected by credit notes (billing.invoices). The usage
-dashboard (billing.admin_dashboard) stands in for the daily rollups' list."""
+dashboard (billing.admin_dashboard) stands in for the daily rollups' list. The tenants' pages
+show their usage and spend, so their admin is billing's too (billing.admin_tenants)."""
 
 from datetime import date
 from decimal import Decimal, InvalidOperation
@@ -17,6 +18,7 @@ from django.utils.html import format_html_join
 
 from billing import exports
 from billing.admin_dashboard import usage_dashboard
+from billing.admin_tenants import TenantAdmin
 from billing.downloads import invoice_download
 from billing.invoices import (
     InvoiceError,
@@ -29,6 +31,8 @@ from billing.invoices import (
 )
 from billing.models import CreditNote, DailyUsage, Invoice, InvoiceLine, Price, UsageRecord
 from tenants.models import Tenant
+
+admin.site.register(Tenant, TenantAdmin)
 
 
 class AdminAssets:

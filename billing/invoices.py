@@ -20,6 +20,7 @@ from django.utils import timezone
 from billing import money
 from billing.models import CreditNote, Invoice, InvoiceCounter, InvoiceLine, Price, UsageRecord
 from saas_platform.errors import PlatformError
+from tenants.models import Tenant
 
 
 class InvoiceError(PlatformError):
@@ -209,8 +210,6 @@ def invoice_close(*, tenant, period: date) -> Invoice:
 def invoices_close_due(*, now: datetime | None = None) -> list[Invoice]:
     """Close last month for every tenant once the grace period for late events has passed
     (INVOICE_GRACE_DAYS after the month's end). Celery beat runs this daily."""
-    from tenants.models import Tenant
-
     now = now or timezone.now()
     this_month = date(now.year, now.month, 1)
     last_month = date.fromordinal(this_month.toordinal() - 1).replace(day=1)

@@ -7,16 +7,15 @@ are rounded once, per invoice line, to the currency's minor unit (see billing.mo
 from django.db import models
 from django.utils import timezone
 
+from saas_platform.model_ids import MODEL_ID_MAX_LENGTH
 from tenants.models import Tenant
-
-MODEL_ID_LENGTH = 200
 
 
 class Price(models.Model):
     """A model's price from `effective_from` on; a tenant's own price overrides the list price.
     Rows are never edited: a change is a new row with a later `effective_from`."""
 
-    model_id = models.CharField(max_length=MODEL_ID_LENGTH)
+    model_id = models.CharField(max_length=MODEL_ID_MAX_LENGTH)
     tenant = models.ForeignKey(
         Tenant, null=True, blank=True, on_delete=models.PROTECT, related_name="prices",
         help_text="Empty: the list price for every tenant without its own.",
@@ -49,7 +48,7 @@ class UsageRecord(models.Model):
     request_id = models.CharField(max_length=64, unique=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, db_index=False)
     api_key_prefix = models.CharField(max_length=16)
-    model_id = models.CharField(max_length=MODEL_ID_LENGTH)
+    model_id = models.CharField(max_length=MODEL_ID_MAX_LENGTH)
     prompt_tokens = models.PositiveIntegerField()
     completion_tokens = models.PositiveIntegerField()
     occurred_at = models.DateTimeField()
@@ -80,7 +79,7 @@ class DailyUsage(models.Model):
     incremented, so a retried batch can never count twice."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="daily_usage")
-    model_id = models.CharField(max_length=MODEL_ID_LENGTH)
+    model_id = models.CharField(max_length=MODEL_ID_MAX_LENGTH)
     day = models.DateField()
     requests = models.PositiveIntegerField()
     prompt_tokens = models.PositiveBigIntegerField()
@@ -137,7 +136,7 @@ class InvoiceLine(models.Model):
 
     invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="lines")
     kind = models.CharField(max_length=16, choices=Kind.choices)
-    model_id = models.CharField(max_length=MODEL_ID_LENGTH)
+    model_id = models.CharField(max_length=MODEL_ID_MAX_LENGTH)
     requests = models.PositiveIntegerField()
     input_tokens = models.PositiveBigIntegerField()
     output_tokens = models.PositiveBigIntegerField()

@@ -10,14 +10,7 @@ from django.db.models import DecimalField, F, OuterRef, QuerySet, Subquery, Sum,
 from django.db.models.functions import Coalesce
 
 from billing.invoices import month_start
-from billing.models import DailyUsage, Invoice, UsageRecord
-
-
-def tenant_has_ledger(tenant) -> bool:
-    return (
-        UsageRecord.objects.filter(tenant=tenant).exists()
-        or Invoice.objects.filter(tenant=tenant).exists()
-    )
+from billing.models import DailyUsage
 
 
 def last_days(days: int, *, today: date | None = None) -> tuple[date, date]:

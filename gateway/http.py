@@ -6,7 +6,7 @@ per request than everything else the gateway does (docs/benchmarks.md).
 """
 
 import asyncio
-import uuid
+import os
 from collections.abc import Iterable
 
 import orjson
@@ -24,7 +24,7 @@ class ClientGone(Exception):
 
 
 def new_request_id() -> str:
-    return f"req_{uuid.uuid4().hex}"
+    return f"req_{os.urandom(16).hex()}"  # as random as uuid4's hex, without building a UUID
 
 
 class Request:

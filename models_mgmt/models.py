@@ -2,7 +2,7 @@ from django.db import models
 from django.utils import timezone
 
 from models_mgmt.engine_urls import validate_engine_base_url
-from tenants.quotas import MODEL_ID_MAX_LENGTH
+from saas_platform.model_ids import MODEL_ID_MAX_LENGTH
 
 
 class ServedModel(models.Model):

@@ -8,7 +8,15 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError, ProgrammingError
 
 from saas_platform.errors import PlatformError
-from tenants.quotas import validation_message
+
+
+def validation_message(error: ValidationError) -> str:
+    """One line naming every bad field."""
+    if hasattr(error, "message_dict"):
+        return "; ".join(
+            f"{name}: {' '.join(messages)}" for name, messages in error.message_dict.items()
+        )
+    return " ".join(error.messages)
 
 
 class OneLineErrorParser(CommandParser):

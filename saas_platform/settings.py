@@ -226,6 +226,12 @@ LOCAL_ENGINE_THREADS = env_int("LOCAL_ENGINE_THREADS", 0, minimum=0)
 # Addresses that may read /metrics without signing in as staff.
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 
+# --- Tenants.
+# What the tenants' model allow lists are checked against: a function from model ids to those
+# the catalog does not know. Named here, not imported: tenants and the catalog's app
+# (models_mgmt) do not import each other.
+TENANT_MODEL_CATALOG = "models_mgmt.selectors.unknown_model_ids"
+
 # --- API keys.
 # How long a key lookup is cached; revocation and suspension also clear it at once.
 APIKEY_CACHE_SECONDS = env_int("APIKEY_CACHE_SECONDS", 5, minimum=0)

@@ -7,9 +7,12 @@ limit is refused with the same message wherever it is set.
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.utils.module_loading import import_string
 
-MODEL_ID_MAX_LENGTH = 200
+from saas_platform.model_ids import MODEL_ID_MAX_LENGTH
+
 # The minor unit of the operator's currency: budgets are whole cents.
 BUDGET_DECIMAL_PLACES = 2
 BUDGET_MAX_DIGITS = 14
@@ -54,13 +57,16 @@ def _allow_list_error(models) -> str | None:
             return f"Model allow list names {model_id!r} twice."
         seen.add(model_id)
     if seen:
-        # Imported here: the catalog app imports this module for MODEL_ID_MAX_LENGTH.
-        from models_mgmt.selectors import unknown_model_ids
-
-        unknown = unknown_model_ids(seen)
+        unknown = _unknown_model_ids(seen)
         if unknown:
             return f"Unknown model id(s) in the allow list: {', '.join(sorted(unknown))}."
     return None
+
+
+def _unknown_model_ids(model_ids: set[str]) -> set[str]:
+    # The catalog is models_mgmt's, which this app does not import (nor it this one): settings
+    # name the function that answers, ids in, the unknown ones out.
+    return set(import_string(settings.TENANT_MODEL_CATALOG)(model_ids))
 
 
 def _budget_error(budget) -> str | None:
@@ -105,12 +111,3 @@ def validate_tenant_config(config: TenantConfig) -> None:
         errors["monthly_budget"] = message
     if errors:
         raise ValidationError(errors)
-
-
-def validation_message(error: ValidationError) -> str:
-    """One line naming every bad field, for the CLI and logs."""
-    if hasattr(error, "message_dict"):
-        return "; ".join(
-            f"{name}: {' '.join(messages)}" for name, messages in error.message_dict.items()
-        )
-    return " ".join(error.messages)

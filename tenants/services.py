@@ -1,6 +1,6 @@
 """State changes of tenants, members and API keys: the seed's TenantRegistry verbs.
 
-Views, the admin, the CLI and (later) the gateway all call these; nothing else writes these rows.
+Views, the admin, the CLI and the gateway all call these; nothing else writes these rows.
 """
 
 import logging
@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
 
 from tenants import apikeys
@@ -120,16 +120,24 @@ def tenant_resume(*, tenant: Tenant) -> Tenant:
 
 
 def tenant_has_usage(tenant: Tenant) -> bool:
-    """Whether the tenant ever used the platform: a key was used or the ledger has its usage."""
-    from billing.selectors import tenant_has_ledger  # billing's models refer to Tenant
-
-    return tenant.api_keys.filter(last_used_at__isnull=False).exists() or tenant_has_ledger(tenant)
+    """Whether the tenant ever used the platform: a key was used, or rows that must keep their
+    owner name it. Those are the rows whose foreign key to Tenant is PROTECT (billing's ledger,
+    invoices and own prices), asked with one EXISTS each: this app does not import the apps that
+    own them, and a refused delete would load every such row to name it."""
+    if tenant.api_keys.filter(last_used_at__isnull=False).exists():
+        return True
+    return any(
+        relation.related_model._base_manager.filter(**{relation.field.name: tenant}).exists()
+        for relation in Tenant._meta.related_objects
+        if relation.on_delete in (models.PROTECT, models.RESTRICT)
+    )
 
 
 @transaction.atomic
 def tenant_remove(*, tenant: Tenant) -> bool:
-    """Remove a tenant: deleted if it never used the platform; otherwise suspended with every
-    key revoked, so its usage and invoices keep their owner. Returns True if it was deleted."""
+    """Remove a tenant: deleted if it never used the platform (`tenant_has_usage`); otherwise
+    suspended with every key revoked, so its usage and invoices keep their owner. Returns True if
+    it was deleted."""
     if tenant_has_usage(tenant):
         tenant_suspend(tenant=tenant)
         now = timezone.now()

@@ -1,6 +1,7 @@
 """`make run` as a new user types it: the embedded default (SQLite, in-process limiter, local
 models) on a new database, then the examples it prints, pasted into a shell."""
 
+import json
 import os
 import re
 import shutil
@@ -40,7 +41,7 @@ def test_make_run_seeds_serves_and_its_printed_examples_work(tmp_path):
                            headers={"Authorization": f"Bearer {key}"}).json()  # fmt: skip
         overview = _portal_overview(f"http://127.0.0.1:{port}", output)
 
-    assert '"object": "chat.completion"' in curl_result.stdout, curl_result.stdout
+    assert json.loads(curl_result.stdout)["object"] == "chat.completion", curl_result.stdout
     assert python_result.returncode == 0, python_result.stderr
     assert python_result.stdout.strip()
     assert sorted(m["id"] for m in models["data"]) == [

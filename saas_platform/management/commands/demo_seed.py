@@ -1,3 +1,7 @@
+"""The embedded default's demo: the local models, a tenant with a key, and an owner for the
+portal. It composes two apps that do not import each other (models_mgmt and tenants), so it is
+the project's, like asgi.py, which mounts the gateway."""
+
 import secrets
 import shlex
 
