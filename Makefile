@@ -28,7 +28,7 @@ help:
 	@echo "make run    - set up, migrate, seed a demo tenant and key, serve on $(HOST):$(PORT)"
 	@echo "make serve  - serve only (no seeding); honours every setting in README.md"
 	@echo "make test   - the whole suite against PostgreSQL and Redis on localhost"
-	@echo "make lint   - ruff check and format check, bandit, pip-audit"
+	@echo "make lint   - ruff check and format check, the apps' layering (import-linter), bandit, pip-audit"
 	@echo "make bench  - the gateway against a direct call, admission and model manager rates"
 	@echo "make reliability - break Redis, PostgreSQL, gateways and workers under load; docs/reliability.md"
 

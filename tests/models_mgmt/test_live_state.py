@@ -10,13 +10,23 @@ from saas_platform.redis_clients import async_client
 from tests.redis_cluster import flush, url_of
 
 
+def _redis_live(request) -> RedisLiveState:
+    # One Redis, or a Redis Cluster (tests/redis_cluster.py).
+    url = url_of(request, "single" if request.param == "redis" else "cluster")
+    flush(url)
+    return RedisLiveState(url)
+
+
 @pytest.fixture(params=["redis", "cluster", "local"])
 def live(request):
-    if request.param != "local":  # one Redis, or a Redis Cluster (tests/redis_cluster.py)
-        url = url_of(request, "single" if request.param == "redis" else "cluster")
-        flush(url)
-        return RedisLiveState(url)
-    return LocalLiveState()
+    return LocalLiveState() if request.param == "local" else _redis_live(request)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def redis_live(request):
+    """Only the Redis backends: the embedded default has no pipeline (the gateway calls
+    `finished()` there)."""
+    return _redis_live(request)
 
 
 def test_routes_to_the_ready_node_with_the_fewest_requests_in_flight(live):
@@ -69,9 +79,8 @@ def test_concurrent_routes_count_every_request(live):
     assert live.in_flight("llama", "n1") == 30
 
 
-def test_a_queued_finish_ends_the_count_in_the_callers_round_trip(live):
-    if isinstance(live, LocalLiveState):
-        pytest.skip("the embedded default has no pipeline: the gateway calls finished()")
+def test_a_queued_finish_ends_the_count_in_the_callers_round_trip(redis_live):
+    live = redis_live
     live.publish("llama", "n1", "http://127.0.0.1:9001/v1")
     live.publish("mistral", "n1", "http://127.0.0.1:9001/v1")
 
