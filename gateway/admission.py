@@ -299,6 +299,9 @@ class _Renewer:
         try:
             while self.leases:
                 await asyncio.sleep(settings.ADMISSION_LEASE_SECONDS / 3)
+                now = asyncio.get_running_loop().time()
+                for lease in [lease for lease in self.leases.values() if lease.deadline <= now]:
+                    self.discard(lease)  # past its deadline: left to expire
                 try:
                     await self._renew(list(self.leases.values()))
                 except Exception:  # noqa: BLE001 - keep renewing through a Redis blip
@@ -346,6 +349,9 @@ class Lease:
         self.tenant_id = tenant_id
         self.lease_id = lease_id
         self.reserved = tokens
+        # No request holds its lease past this (event-loop time): the renewer stops renewing
+        # it, so a response that never ends frees its slot by itself.
+        self.deadline = asyncio.get_running_loop().time() + settings.UPSTREAM_TOTAL_TIMEOUT
         self._released = False
         if backend is not None:
             _renewer().add(self)

@@ -10,12 +10,14 @@ import asyncio
 import logging
 import time
 
+from django.conf import settings
 from django.db import DatabaseError
+from django.http.request import split_domain_port, validate_host
 
 from gateway import auth, catalog, pipeline
 from gateway.admission import rate_limit_headers
 from gateway.errors import MethodNotAllowed, ModelNotFound, UnknownEndpoint
-from gateway.http import ClientGone, Request, TrackedSend, send_error, send_json
+from gateway.http import ClientGone, Headers, Request, TrackedSend, send_error, send_json
 from gateway.metering import CLIENT_CLOSED_REQUEST
 from gateway.parsing import Endpoint
 from saas_platform import metrics
@@ -49,12 +51,55 @@ def route_label(path: str) -> str:
     return API_PREFIX + "{unknown}"
 
 
+class DisallowedHost(PlatformError):
+    status = 400
+    code = "invalid_host"
+
+
+class HttpsRequired(PlatformError):
+    status = 403
+    code = "https_required"
+    error_type = "permission_error"
+
+
+def _hsts() -> Headers:
+    """Strict-Transport-Security as Django's SecurityMiddleware sends it."""
+    if not settings.SECURE_HSTS_SECONDS:
+        return []
+    value = f"max-age={settings.SECURE_HSTS_SECONDS}"
+    if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+        value += "; includeSubDomains"
+    if settings.SECURE_HSTS_PRELOAD:
+        value += "; preload"
+    return [(b"strict-transport-security", value.encode())]
+
+
+def _refusal_of_origin(request: Request) -> PlatformError | None:
+    """The Host and HTTPS rules the rest of the site gets from Django (ALLOWED_HOSTS,
+    SECURE_SSL_REDIRECT). A plain-HTTP API request is refused rather than redirected: its key
+    has already crossed the network in clear, and a redirected POST would send it again."""
+    domain, _port = split_domain_port(request.host)
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]  # as Django does in debug
+    if not domain or not validate_host(domain, allowed):
+        return DisallowedHost(f"Invalid Host header: {request.host[:100]!r}.")
+    if settings.SECURE_SSL_REDIRECT and request.scheme != "https":
+        return HttpsRequired(f"Use https://{request.host}{API_PREFIX} for this API.")
+    return None
+
+
 async def application(scope, receive, send) -> None:
     request = Request(scope, receive)
     started = time.monotonic()
-    send = TrackedSend(send)
+    send = TrackedSend(send, _hsts() if request.scheme == "https" else ())
     try:
-        status = await _handle(request, send)
+        refusal = _refusal_of_origin(request)
+        if refusal is not None:
+            await send_error(send, refusal, [("x-request-id", request.request_id)])
+            status = refusal.status
+        else:
+            status = await _handle(request, send)
     except Exception:
         logger.exception("the gateway failed on %s", request.request_id)
         status = 500
@@ -77,7 +122,7 @@ async def _handle(request: Request, send: TrackedSend) -> int:
         except ClientGone:
             return CLIENT_CLOSED_REQUEST
     try:
-        caller = await auth.authenticate(request.header(b"authorization"))
+        caller = await auth.authenticate(request.header(b"authorization"), request.client)
     except PlatformError as error:
         metrics.REFUSALS.labels(reason=error.code).inc()
         count_refusal(error.code)

@@ -30,15 +30,23 @@ def new_request_id() -> str:
 class Request:
     """One HTTP request to /v1/: method, path, the headers the gateway reads, and its body."""
 
-    __slots__ = ("_receive", "body", "headers", "method", "path", "request_id")
+    __slots__ = ("_receive", "body", "client", "headers", "method", "path", "request_id",
+                 "scheme")  # fmt: skip
 
     def __init__(self, scope, receive):
         self.method: str = scope["method"]
         self.path: str = scope["path"]
+        # The client's address as the server believes it (forwarded only by trusted proxies).
+        self.client: str = (scope.get("client") or ("unknown", 0))[0]
+        self.scheme: str = scope.get("scheme", "http")
         self.headers: dict[bytes, bytes] = dict(scope["headers"])
         self.request_id = new_request_id()
         self.body = b""
         self._receive = receive
+
+    @property
+    def host(self) -> str:
+        return self.header(b"host")
 
     def header(self, name: bytes) -> str:
         return self.headers.get(name, b"").decode("latin-1")
@@ -79,18 +87,22 @@ class Request:
 
 
 class TrackedSend:
-    """The server's `send`, noting whether the response has started and has ended."""
+    """The server's `send`, noting whether the response has started and has ended, and adding
+    `headers` (HSTS) to the response's head."""
 
-    __slots__ = ("_send", "complete", "started")
+    __slots__ = ("_send", "complete", "headers", "started")
 
-    def __init__(self, send):
+    def __init__(self, send, headers: Headers = ()):
         self._send = send
+        self.headers = headers
         self.started = False
         self.complete = False
 
     async def __call__(self, message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
+            if self.headers:
+                message["headers"] = [*message["headers"], *self.headers]
         elif not message.get("more_body", False):
             self.complete = True
         await self._send(message)
@@ -123,10 +135,14 @@ async def send_error(
 
 
 class EventStream:
-    """A server-sent-event response: headers once, then each event as it is produced."""
+    """A server-sent-event response: headers once, then each event as it is produced. A send
+    the client does not take within `write_timeout` (it stopped reading, so the server's
+    buffer stays full) raises TimeoutError and marks the stream `stalled`."""
 
-    def __init__(self, send):
+    def __init__(self, send, *, write_timeout: float):
         self._send = send
+        self._write_timeout = write_timeout
+        self.stalled = False
 
     async def start(self, headers: Iterable[tuple[str, str]]) -> None:
         raw = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
@@ -134,7 +150,12 @@ class EventStream:
         await self._send({"type": "http.response.start", "status": 200, "headers": raw})
 
     async def send(self, data: bytes) -> None:
-        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        try:
+            async with asyncio.timeout(self._write_timeout):
+                await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        except TimeoutError:
+            self.stalled = True
+            raise
 
     async def end(self) -> None:
         await self._send({"type": "http.response.body", "body": b""})

@@ -10,12 +10,14 @@ import asyncio
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from gateway import admission, catalog, finish, parsing, relay
 from gateway.errors import MethodNotAllowed, ModelNotFound
 from gateway.http import EventStream, Request, send_error, send_json
 from gateway.metering import CLIENT_CLOSED_REQUEST, UsageMeter
 from gateway.parsing import Endpoint, InferenceRequest, InvalidRequest
-from models_mgmt.engines import EngineError
+from models_mgmt.engines import EngineError, EngineTimeout
 from models_mgmt.models import ServedModel
 from models_mgmt.routing import Route, route_request
 from saas_platform.errors import PlatformError, RateLimited
@@ -95,7 +97,11 @@ async def serve(request: Request, send, endpoint: Endpoint, caller: Authenticate
             await send_json(send, 200, payload, headers)
     except PlatformError as error:  # before any byte of the answer was sent
         status = error.status
+        if isinstance(error, EngineError):
+            error.message = f"{error.message} Request id: {request.request_id}."
         await send_error(send, error, headers)
+    except TimeoutError:  # a stalled client did not take the end of its stream either
+        status = CLIENT_CLOSED_REQUEST
     except asyncio.CancelledError:
         status = CLIENT_CLOSED_REQUEST
         raise
@@ -106,24 +112,36 @@ async def serve(request: Request, send, endpoint: Endpoint, caller: Authenticate
 
 async def _stream(send, headers, parsed, model, admitted: Admitted, forwarded: dict) -> int:
     """Relay a stream. The request is finished (released and billed) before the last bytes
-    go out: a client that has read [DONE] has been billed, even if this process dies then."""
+    go out: a client that has read [DONE] has been billed, even if this process dies then.
+
+    One wall-clock deadline (UPSTREAM_TOTAL_TIMEOUT from admission) covers the whole response,
+    sends included, and each send must be taken within RESPONSE_WRITE_TIMEOUT_SECONDS: a
+    client that stops reading is dropped as a 499, billed for what was streamed, and cannot
+    hold its slot."""
     engine = admitted.route.engine
     chunks = await engine.open_stream(parsed.endpoint, forwarded)  # engine errors: no byte sent
     admitted.tally = tally = relay.StreamTally(parsed, engine)
-    stream = EventStream(send)
+    stream = EventStream(send, write_timeout=settings.RESPONSE_WRITE_TIMEOUT_SECONDS)
     await stream.start(headers)
     status = 200
     try:
-        async with (
-            aclosing(chunks),
-            aclosing(relay.relay_chunks(chunks, parsed, model, tally)) as events,
-        ):
-            async for event in events:
-                await stream.send(event)
+        async with asyncio.timeout_at(admitted.lease.deadline):
+            async with (
+                aclosing(chunks),
+                aclosing(relay.relay_chunks(chunks, parsed, model, tally)) as events,
+            ):
+                async for event in events:
+                    await stream.send(event)
     except EngineError as error:
         # Headers are sent: end the stream cleanly with an error event the client can read.
         status = error.status
+        error.message = f"{error.message} Request id: {admitted.meter.request_id}."
         await stream.send(relay.error_event(error))
+    except TimeoutError:
+        if stream.stalled:  # the client stopped reading
+            return CLIENT_CLOSED_REQUEST
+        status = EngineTimeout.status
+        await stream.send(relay.error_event(EngineTimeout("The response took too long.")))
     await admitted.finish(status=status)
     if status == 200 and parsed.include_usage:
         await stream.send(relay.usage_event(parsed, model, admitted.meter, tally))

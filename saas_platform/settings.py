@@ -217,6 +217,9 @@ REQUEST_BODY_TIMEOUT_SECONDS = env_int("REQUEST_BODY_TIMEOUT_SECONDS", 60, minim
 UPSTREAM_CONNECT_TIMEOUT = env_int("UPSTREAM_CONNECT_TIMEOUT", 5, minimum=1)
 UPSTREAM_READ_TIMEOUT = env_int("UPSTREAM_READ_TIMEOUT", 120, minimum=1)
 UPSTREAM_TOTAL_TIMEOUT = env_int("UPSTREAM_TOTAL_TIMEOUT", 900, minimum=1)
+# A streamed response's chunk the client has not taken within this many seconds (it stopped
+# reading) ends the response as a 499, billed for what was sent.
+RESPONSE_WRITE_TIMEOUT_SECONDS = env_int("RESPONSE_WRITE_TIMEOUT_SECONDS", 30, minimum=1)
 UPSTREAM_MAX_CONNECTIONS = env_int("UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
 # How long each server process keeps the model catalog before reading it again.
 CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 5, minimum=0)
@@ -233,6 +236,9 @@ METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 TENANT_MODEL_CATALOG = "models_mgmt.selectors.unknown_model_ids"
 
 # --- API keys.
+# Requests with a wrong key one client address may send in a minute (then 429 until the minute
+# ends): guessing keys costs a lookup each, and valid-looking keys are free to make.
+AUTH_FAILURES_PER_MINUTE = env_int("AUTH_FAILURES_PER_MINUTE", 30, minimum=1)
 # How long a key lookup is cached; revocation and suspension also clear it at once.
 APIKEY_CACHE_SECONDS = env_int("APIKEY_CACHE_SECONDS", 5, minimum=0)
 # How long each gateway process keeps a key it has just authenticated in its own memory (no

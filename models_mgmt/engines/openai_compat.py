@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 JSON_HEADERS = {"Content-Type": "application/json"}
+# How much of an engine's error text reaches a client (a refusal) or the log (a failure).
+MAX_PASSED_ON_MESSAGE = 500
+MAX_LOGGED_MESSAGE = 2000
 # A stream line (one event) may be this long; OpenAI-shaped chunks are far smaller.
 MAX_LINE_BYTES = 1024 * 1024
 
@@ -64,13 +67,17 @@ def _error_message(status: int, body: bytes) -> str:
 
 
 def _raise_for_status(status: int, body: bytes) -> None:
+    """A refusal of the request (4xx) is the client's to fix: its message is passed on. Any
+    other failure's body is the engine's business (tracebacks, addresses, credentials): it goes
+    to the log, truncated, and the client gets a generic message."""
     if status < 400:
         return
     message = _error_message(status, body)
     if status in (400, 404, 413, 422):
-        raise EngineRejected(message)
+        raise EngineRejected(message[:MAX_PASSED_ON_MESSAGE])
     metrics.UPSTREAM_ERRORS.labels(kind=f"http_{status}").inc()
-    raise EngineError(message)
+    logger.warning("%s", message[:MAX_LOGGED_MESSAGE])
+    raise EngineError(f"The model engine failed (it answered {status}).")
 
 
 def _transport_error(error: BaseException) -> EngineError:
@@ -136,7 +143,8 @@ class OpenAICompatibleEngine:
                 if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
                     error = chunk["error"]
                     message = error.get("message") if isinstance(error, dict) else str(error)
-                    raise EngineError(f"The model engine failed mid-stream: {message}")
+                    logger.warning("engine failed mid-stream: %s", message[:MAX_LOGGED_MESSAGE])
+                    raise EngineError("The model engine failed mid-stream.")
                 yield chunk
             # The stream ended without [DONE]: the engine closed the connection early.
             raise EngineError("The model engine closed the stream before it was complete.")
