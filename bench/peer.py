@@ -9,6 +9,7 @@ downloads from Prisma's own host, not from a package registry; the proxy refuses
 a database URL without it. So the peer runs without PostgreSQL, which flatters it.
 """
 
+import contextlib
 import subprocess
 import time
 from pathlib import Path
@@ -40,18 +41,23 @@ def ensure_installed() -> str:
     return str(executable)
 
 
-def _config(upstream: str, redis_url: str) -> Path:
-    path = VENV.parent / "litellm.yaml"
-    path.write_text(
-        f"""model_list:
-  - model_name: fake
+def _config(upstream: str, redis_url: str, models: dict[str, str]) -> Path:
+    """The proxy's configuration: each of `models` (our name -> the engine's) at `upstream`."""
+    entries = "".join(
+        f"""  - model_name: {name}
     litellm_params:
-      model: openai/fake
+      model: "openai/{engine_model}"
       api_base: {upstream}
       api_key: none
       tpm: 1000000000000
       rpm: 1000000000
-router_settings:
+"""
+        for name, engine_model in models.items()
+    )
+    path = VENV.parent / "litellm.yaml"
+    path.write_text(
+        f"""model_list:
+{entries}router_settings:
   routing_strategy: usage-based-routing-v2
   redis_url: {redis_url}
 general_settings:
@@ -61,17 +67,32 @@ general_settings:
     return path
 
 
-def start(upstream: str, redis_url: str, port: int, cpu: str, env: dict) -> subprocess.Popen:
-    """One proxy worker pinned to `cpu`, as our gateway is, ready to answer."""
+def start(
+    upstream: str,
+    redis_url: str,
+    port: int,
+    cpu: str,
+    env: dict,
+    *,
+    workers: int = 1,
+    models: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> subprocess.Popen:
+    """The proxy with `workers` worker processes, pinned to `cpu` as our gateway is, ready to
+    answer; `models` maps the names it serves to the engine's (default: fake -> fake). `log`
+    keeps its output (else it is discarded)."""
     executable = ensure_installed()
     env = dict(env, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
     env.pop("DATABASE_URL", None)
-    process = subprocess.Popen(
-        ["taskset", "-c", cpu, executable, "--config", str(_config(upstream, redis_url)),
-         "--port", str(port), "--num_workers", "1"],
-        cwd=VENV.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(900):
+    config = _config(upstream, redis_url, models or {"fake": "fake"})
+    with open(log, "wb") if log else contextlib.nullcontext(subprocess.DEVNULL) as output:
+        process = subprocess.Popen(
+            ["taskset", "-c", cpu, executable, "--config", str(config),
+             "--port", str(port), "--num_workers", str(workers)],
+            cwd=VENV.parent, env=env, stdout=output, stderr=output,
+        )  # fmt: skip
+    deadline = time.monotonic() + 300  # about 30 s on a quiet machine, far more on a busy one
+    while time.monotonic() < deadline:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=1).is_success:
                 return process

@@ -4,9 +4,18 @@ Prints one markdown table and writes it to docs/benchmarks.md with the date, CPU
 Both cores are shared: the gateway (and LiteLLM's proxy, the peer) is pinned to CPU 0, the fake
 engine and the load generator to CPU 1 (taskset), for the direct, gateway and peer runs alike.
 Sections: gateway overhead against direct and LiteLLM, streams held open, admission, the ledger
-(bench.ledger, in its own database) and models (ResourceManager, a llama.cpp cold start).
+(bench.ledger, in its own database) and models (ResourceManager, a llama.cpp cold start); then
+the production shape (bench.production: the gateway as `make serve` runs it, with a ledger
+worker, against a 20 ms engine, the anchor bench/anchor.py and LiteLLM with 2 workers).
+
+    python -m bench.run                                   everything (make bench)
+    python -m bench.run --only gateway-production         the production shape only, rewriting
+                                                          only its part of docs/benchmarks.md
+    python -m bench.run --only gateway-production --seconds 5    with 5 s points (default 20)
+    ... --no-write                                        print the tables, leave the file alone
 """
 
+import argparse
 import asyncio
 import json
 import os
@@ -43,8 +52,8 @@ def _create_database(url: str) -> None:
             conn.execute(f'CREATE DATABASE "{name}"')
 
 
-def _setup(upstream: str) -> str:
-    """Migrate, then a tenant with room for every load, its key and the fake model."""
+def _django() -> None:
+    """Migrate the bench database, then set Django up in this process."""
     subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=ENV,
                    check=True)  # fmt: skip
     os.environ.update(ENV)
@@ -52,6 +61,10 @@ def _setup(upstream: str) -> str:
     import django
 
     django.setup()
+
+
+def _setup(upstream: str) -> str:
+    """A tenant with room for every load, its key and the fake model."""
     from models_mgmt.services import model_register
     from tenants import services
 
@@ -154,7 +167,7 @@ def _admission_rate(seconds: float = 3.0) -> tuple[float, float]:
     """Admit+release pairs per second against Redis, and plain PINGs per second (baseline)."""
     import redis.asyncio as aioredis
 
-    from tenants.admission import Limits, RedisAdmission
+    from gateway.admission import Limits, RedisAdmission
 
     async def run():
         backend = RedisAdmission(REDIS_URL)
@@ -276,10 +289,8 @@ def _ledger_rows(ledger: dict) -> list[str]:
     ]
 
 
-def main() -> None:
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
-    _create_database(DATABASE_URL)
+def _overhead_section() -> tuple[str, str]:
+    """Every section before the production shape: its header line and its table."""
     upstream_port, gateway_port, peer_port = 18601, 18602, 18603
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
     upstream = _start([sys.executable, "-m", "tests.fakes.upstream", str(upstream_port)], "1",
@@ -329,18 +340,94 @@ def main() -> None:
             f"| llama.cpp cold start through the process engine, s | {cold[1]:.2f} warm answer "
             f"| {cold[0]:.2f} to first answer | {cold[0] / cold[1]:.0f} |"
         )
-    table = "\n".join(lines)
     header = _versions() + f"; LiteLLM {litellm.LITELLM.split('==')[1]} ({litellm.CONFIGURATION})"
-    print(f"\n{header}\n\n{table}\n")
+    return header, "\n".join(lines)
+
+
+PRODUCTION_MARK = "<!-- gateway-production: bench.production writes from here to the end -->"
+
+
+def _production_section(seconds: float) -> str:
+    """The production shape's markdown: what ran, the table, the targets, the notes."""
+    from bench import peer as litellm
+    from bench import production
+
+    targets = production.run(ENV, REDIS_URL, seconds)
+    header = _versions() + f"; LiteLLM {litellm.LITELLM.split('==')[1]}; {seconds:g} s a point"
+    failed = production.failures(targets)
+    notes = (ROOT / "bench" / "notes-production.md").read_text()
+    return "\n\n".join([
+        f"{PRODUCTION_MARK}\n\n## Production shape",
+        "`python -m bench.run --only gateway-production [--seconds N]` runs only this section "
+        "and rewrites only this part of the file. A 20 ms engine (the fake engine); in front of "
+        "it, one at a time, on CPU 0: the gateway as `make serve` starts it (2 uvicorn workers, "
+        "PostgreSQL, Redis, a Celery broker) with a ledger worker draining the usage stream "
+        "into PostgreSQL; the anchor (`bench/anchor.py`, a raw ASGI application under the same "
+        "uvicorn command); LiteLLM's proxy with 2 workers. Engine, load generator and ledger "
+        "worker on CPU 1.",
+        header,
+        "\n".join(production.table(targets)),
+        "\n".join(production.targets_table(targets)),
+        *(["Did not complete:\n\n" + "\n".join(failed)] if failed else []),
+        notes.strip(),
+    ]) + "\n"  # fmt: skip
+
+
+def _write(overhead: tuple[str, str] | None, production: str) -> None:
+    path = ROOT / "docs" / "benchmarks.md"
+    if overhead is None:  # --only: keep the other sections as the last full run wrote them
+        kept = path.read_text().split(PRODUCTION_MARK)[0].rstrip() if path.exists() else ""
+        path.write_text(f"{kept}\n\n{production}" if kept else production)
+        return
+    header, table = overhead
     notes = (ROOT / "bench" / "notes.md").read_text()
-    (ROOT / "docs" / "benchmarks.md").write_text(
+    path.write_text(
         "# Benchmarks\n\n`make bench` writes this file. Every figure sits beside its baseline "
         "from the same run.\n\nGateway: one uvicorn worker pinned to CPU 0 (taskset), as is "
         "LiteLLM's proxy (one worker); fake engine and load generator (its own process, raw "
         "asyncio sockets) pinned to CPU 1; quotas, the ledger recorder and Redis on. Other "
         f"work on the machine shares both cores: compare within a run.\n\n{header}\n\n"
-        f"{table}\n\n{notes}"
+        f"{table}\n\n{notes.rstrip()}\n\n{production}"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--only",
+        choices=["gateway-production"],
+        help="run only this section (and rewrite only its part of the file)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="length of each production-shape point (default 20)",
+    )
+    parser.add_argument(
+        "--no-write",
+        action="store_true",
+        help="print the tables, leave docs/benchmarks.md as it is",
+    )
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+    _create_database(DATABASE_URL)
+    if args.only is None:
+        _django()
+    else:  # the production shape still measures the anchor and the peer without Django
+        try:
+            _django()
+        except Exception as error:  # noqa: BLE001 - migrate or set-up failed: say so, go on
+            print(f"Django is not usable, the gateway is skipped: {error}", file=sys.stderr)
+    overhead = None
+    if args.only is None:
+        overhead = _overhead_section()
+        print(f"\n{overhead[0]}\n\n{overhead[1]}\n")
+    production = _production_section(args.seconds)
+    print(f"\n{production}")
+    if not args.no_write:
+        _write(overhead, production)
 
 
 if __name__ == "__main__":
