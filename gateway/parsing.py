@@ -16,6 +16,20 @@ from saas_platform.errors import PlatformError, RequestTooLarge
 
 MAX_N = 16
 
+# OpenAI's request fields that reach the engine (gateway/openapi.yaml lists them). Anything else
+# a client sends is dropped unless the model's staff-set `extra_fields` names it: engine-specific
+# fields can defeat the token reservation (`ignore_eos` with a large `n_predict`, `min_tokens`),
+# or point an engine somewhere (`api_base`). `best_of` is left out for the first reason.
+_COMMON = frozenset({"model", "frequency_penalty", "presence_penalty", "logit_bias", "seed",
+                     "stop", "stream", "stream_options", "temperature", "top_p", "user", "n",
+                     "max_tokens"})  # fmt: skip
+FORWARDED_FIELDS = {
+    "chat": _COMMON | {"messages", "max_completion_tokens", "logprobs", "top_logprobs",
+                       "response_format", "tools", "tool_choice", "parallel_tool_calls"},
+    "completions": _COMMON | {"prompt", "echo", "logprobs", "suffix"},
+    "embeddings": frozenset({"model", "input", "encoding_format", "dimensions", "user"}),
+}  # fmt: skip
+
 
 class Endpoint(StrEnum):
     CHAT = "chat"
@@ -39,6 +53,7 @@ class InferenceRequest:
     n: int
     prompt_text: str  # the text the prompt is made of, for estimating and counting tokens
     prompt_items: int  # messages, prompts or inputs, each costing some template overhead
+    image_urls: tuple[str, ...] = ()  # of image_url message parts, checked against the model
 
     def estimated_prompt_tokens(self) -> int:
         """An estimate made before the engine has counted: a UTF-8 byte count over 3 (real
@@ -57,7 +72,7 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _content_text(content, param: str) -> str:
+def _content_text(content, param: str, images: list[str]) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, list):
@@ -71,11 +86,17 @@ def _content_text(content, param: str) -> str:
                 if not isinstance(part.get("text"), str):
                     raise InvalidRequest("A text content part needs a string 'text'.", param=param)
                 texts.append(part["text"])
+            elif part["type"] == "image_url":
+                image = part.get("image_url")
+                url = image.get("url") if isinstance(image, dict) else image
+                if not isinstance(url, str):
+                    raise InvalidRequest("An image_url part needs a string 'url'.", param=param)
+                images.append(url)
         return "\n".join(texts)
     raise InvalidRequest("Message content must be a string or a list of parts.", param=param)
 
 
-def _chat_prompt(body: dict) -> tuple[str, int]:
+def _chat_prompt(body: dict, images: list[str]) -> tuple[str, int]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
@@ -86,7 +107,7 @@ def _chat_prompt(body: dict) -> tuple[str, int]:
             raise InvalidRequest(f"{param} must be an object.", param=param)
         if not isinstance(message.get("role"), str) or not message["role"]:
             raise InvalidRequest(f"{param}.role must be a string.", param=f"{param}.role")
-        texts.append(_content_text(message.get("content"), f"{param}.content"))
+        texts.append(_content_text(message.get("content"), f"{param}.content", images))
     return "\n".join(texts), len(messages)
 
 
@@ -136,8 +157,9 @@ def parse(endpoint: Endpoint, raw: bytes) -> InferenceRequest:
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("You must provide a model parameter.", param="model")
 
+    images: list[str] = []
     if endpoint == Endpoint.CHAT:
-        prompt_text, items = _chat_prompt(body)
+        prompt_text, items = _chat_prompt(body, images)
     elif endpoint == Endpoint.COMPLETIONS:
         if "prompt" not in body:
             raise InvalidRequest("You must provide a prompt.", param="prompt")
@@ -199,4 +221,5 @@ def parse(endpoint: Endpoint, raw: bytes) -> InferenceRequest:
         n=n,
         prompt_text=prompt_text,
         prompt_items=items,
+        image_urls=tuple(images),
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from gateway import admission, catalog, finish, parsing, relay
+from gateway import admission, catalog, finish, images, parsing, relay
 from gateway.errors import MethodNotAllowed, ModelNotFound
 from gateway.http import EventStream, Request, send_error, send_json
 from gateway.metering import CLIENT_CLOSED_REQUEST, UsageMeter
@@ -62,6 +62,7 @@ async def _check(
         raise InvalidRequest(
             f"The model '{model.model_id}' does not support {request.path}.", param="model"
         )
+    await images.check_images(parsed.image_urls, model)
     return parsed, model
 
 

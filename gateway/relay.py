@@ -7,14 +7,18 @@ from collections.abc import AsyncIterator
 import orjson
 
 from gateway.metering import UsageMeter
-from gateway.parsing import Endpoint, InferenceRequest
+from gateway.parsing import FORWARDED_FIELDS, Endpoint, InferenceRequest
 from models_mgmt.models import ServedModel
 
 DONE = b"data: [DONE]\n\n"
 
 
 def forwarded_body(request: InferenceRequest, model: ServedModel) -> dict:
-    body = dict(request.body)
+    """What the engine gets: OpenAI's fields and the model's allowed extra ones, nothing else."""
+    allowed = FORWARDED_FIELDS[request.endpoint]
+    extra = model.extra_fields
+    body = {name: value for name, value in request.body.items()
+            if name in allowed or name in extra}  # fmt: skip
     body["model"] = model.engine_model_name
     if request.stream:
         # Always ask for usage, so that streams are metered; the client only gets the usage

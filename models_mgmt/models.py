@@ -1,8 +1,13 @@
+import re
+
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
 from models_mgmt.engine_urls import validate_engine_base_url
 from saas_platform.model_ids import MODEL_ID_MAX_LENGTH
+
+FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 class ServedModel(models.Model):
@@ -46,6 +51,16 @@ class ServedModel(models.Model):
         help_text="For process engines: {\"command\": template with {python} {path} {port} "
         "{host}, \"path\": the weights}.",
     )  # fmt: skip
+    # What tenants may send beyond OpenAI's fields (gateway.parsing): engine options such as
+    # top_k. Staff's choice, since engine-specific fields can defeat the token reservation.
+    extra_fields = models.JSONField(
+        default=list, blank=True,
+        help_text="Request fields forwarded to this engine besides OpenAI's (e.g. [\"top_k\"]).",
+    )  # fmt: skip
+    allow_images = models.BooleanField(
+        default=False,
+        help_text="Accept image_url message parts (data: URLs, or https URLs of public hosts).",
+    )
     pinned = models.BooleanField(default=False, help_text="Never evicted once loaded.")
     keep_alive_seconds = models.PositiveIntegerField(
         default=900, help_text="Unloaded after this long without requests (0: never)."
@@ -58,6 +73,16 @@ class ServedModel(models.Model):
 
     def __str__(self) -> str:
         return self.model_id
+
+    def clean(self) -> None:
+        super().clean()
+        names = self.extra_fields
+        if not isinstance(names, list) or not all(
+            isinstance(name, str) and FIELD_NAME.fullmatch(name) for name in names
+        ):
+            raise ValidationError(
+                {"extra_fields": 'A list of field names (letters, digits and _), e.g. ["top_k"].'}
+            )
 
     @property
     def engine_model_name(self) -> str:

@@ -25,8 +25,11 @@ def model_register(
     command: str = "",
     path: str = "",
     keep_alive_seconds: int | None = None,
+    extra_fields: list[str] | None = None,
+    allow_images: bool = False,
 ) -> ServedModel:
-    """Add a model to the catalog, or update the one with this id."""
+    """Add a model to the catalog, or update the one with this id. `extra_fields` are request
+    fields forwarded to its engine besides OpenAI's; `allow_images` accepts image_url parts."""
     if engine == ServedModel.Engine.OPENAI and not base_url:
         raise ValidationError({"base_url": "The openai engine needs the server's base URL."})
     if engine == ServedModel.Engine.PROCESS and "{port}" not in command:
@@ -48,6 +51,8 @@ def model_register(
     model.engine_settings = {"command": command, "path": path} if command else {}
     if keep_alive_seconds is not None:
         model.keep_alive_seconds = keep_alive_seconds
+    model.extra_fields = list(extra_fields or [])
+    model.allow_images = allow_images
     model.enabled = True
     model.full_clean()
     model.save()

@@ -18,11 +18,14 @@ class Canary:
 
     def __init__(self):
         self.hits: list[tuple[str, str]] = []
+        self.bodies: list[bytes] = []  # what each request carried
         canary = self
 
         class Handler(BaseHTTPRequestHandler):
             def _record(self):
                 canary.hits.append((self.command, self.path))
+                length = int(self.headers.get("Content-Length") or 0)
+                canary.bodies.append(self.rfile.read(length) if length else b"")
                 body = json.dumps({"canary": True}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

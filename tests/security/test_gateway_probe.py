@@ -163,3 +163,75 @@ def test_nan_and_infinity_in_a_body_are_a_400_not_a_500(gateway, customer):
         response = client.post("/v1/chat/completions", content=raw, headers=headers)
 
     assert "not valid JSON" in error_of(response, 400)["message"]
+
+
+def _engine_bodies(canary) -> list[dict]:
+    """The chat requests the engine received (not the gateway's token-count calls)."""
+    return [json.loads(body) for (_method, path), body in zip(canary.hits, canary.bodies,
+                                                              strict=True)
+            if path.endswith("/chat/completions")]  # fmt: skip
+
+
+def test_only_openai_fields_and_the_models_allowed_extras_reach_the_engine(
+    gateway, customer, canary
+):
+    from models_mgmt.services import model_register
+
+    model_register(model_id="canaried", engine="openai", base_url=f"{canary.url}/v1",
+                   extra_fields=["top_k"])  # fmt: skip
+    hostile = {"api_base": "http://169.254.169.254", "base_url": "http://10.0.0.5",
+               "n_predict": 100000, "ignore_eos": True, "min_tokens": 5000,
+               "best_of": 20}  # fmt: skip
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        response = _chat(client, customer.key, "canaried", temperature=0.5, top_k=40, **hostile)
+
+    assert response.status_code == 200, response.text
+    [sent] = _engine_bodies(canary)
+    assert sent["temperature"] == 0.5
+    assert sent["top_k"] == 40  # staff allowed it for this model
+    assert not set(hostile) & set(sent)
+
+
+@pytest.mark.parametrize(
+    ("allow_images", "url", "expected"),
+    [
+        (False, "https://example.com/cat.png", "does not accept images"),
+        (True, "http://169.254.169.254/latest/meta-data/", "data: URL or an https URL"),
+        (True, "https://169.254.169.254/latest/meta-data/", "public address"),
+        (True, "https://127.0.0.1/", "public address"),
+        (True, "https://localhost/", "public address"),
+    ],
+)
+def test_image_parts_are_refused_unless_allowed_and_public(
+    gateway, customer, canary, allow_images, url, expected
+):
+    from models_mgmt.services import model_register
+
+    model_register(model_id="eyes", engine="openai", base_url=f"{canary.url}/v1",
+                   allow_images=allow_images)  # fmt: skip
+    parts = [{"type": "text", "text": "what is this?"},
+             {"type": "image_url", "image_url": {"url": url}}]  # fmt: skip
+    messages = [{"role": "user", "content": parts}]
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        response = client.post("/v1/chat/completions",
+                               headers={"Authorization": f"Bearer {customer.key}"},
+                               json={"model": "eyes", "messages": messages})  # fmt: skip
+
+    assert expected in error_of(response, 400)["message"]
+    assert canary.hits == []  # refused before anything reached the engine
+
+
+def test_a_data_url_image_reaches_a_model_that_allows_images(gateway, customer, canary):
+    from models_mgmt.services import model_register
+
+    model_register(model_id="eyes", engine="openai", base_url=f"{canary.url}/v1",
+                   allow_images=True)  # fmt: skip
+    pixel = "data:image/png;base64,iVBORw0KGgo="
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": pixel}}]}]
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        response = client.post("/v1/chat/completions",
+                               headers={"Authorization": f"Bearer {customer.key}"},
+                               json={"model": "eyes", "messages": messages})  # fmt: skip
+
+    assert response.status_code == 200, response.text
+    assert _engine_bodies(canary)[0]["messages"] == messages

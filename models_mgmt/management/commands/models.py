@@ -42,6 +42,12 @@ class Command(ScriptableCommand):
         register.add_argument("--path", default="", help="process engine: the weights' path")
         register.add_argument("--keep-alive", type=int, metavar="SECONDS",
                               help="unload after this long idle (0: never)")  # fmt: skip
+        register.add_argument(
+            "--allow-field", action="append", default=[], metavar="NAME", dest="allow_fields",
+            help="a request field to forward besides OpenAI's (repeatable), e.g. top_k",
+        )  # fmt: skip
+        register.add_argument("--allow-images", action="store_true",
+                              help="accept image_url message parts")  # fmt: skip
         actions.add_parser("list", help="list the catalog")
         load = actions.add_parser("load", help="ask a node's worker to load a model")
         load.add_argument("model_id", metavar="MODEL")
@@ -65,6 +71,8 @@ class Command(ScriptableCommand):
             command=options["command"],
             path=options["path"],
             keep_alive_seconds=options["keep_alive"],
+            extra_fields=options["allow_fields"],
+            allow_images=options["allow_images"],
         )
         self.stdout.write(f"registered {model.model_id} ({model.engine}, {model.task})")
 
