@@ -156,6 +156,30 @@ CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 600, minimum=1)
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND") or (
     None if REDIS_IS_CLUSTER else REDIS_URL or None
 )
+
+# --- Celery beat: its schedule and a lock live in one Redis (celery-redbeat), so however many
+# workers start with -B, one beat sends the schedule, and no schedule file is written. redbeat
+# needs one Redis, not a cluster: REDBEAT_REDIS_URL, else the broker's Redis, else REDIS_URL
+# when it names one Redis. Without any (a RabbitMQ broker and no Redis) the beat keeps its
+# schedule in memory, rebuilt from this file at each start, with no lock.
+REDBEAT_REDIS_URL = env_str("REDBEAT_REDIS_URL") or next(
+    (url for url in (CELERY_BROKER_URL, REDIS_URL) if url.startswith(("redis://", "rediss://"))),
+    "",
+)
+if REDBEAT_REDIS_URL and not REDBEAT_REDIS_URL.startswith(("redis://", "rediss://")):
+    raise ImproperlyConfigured(
+        f"REDBEAT_REDIS_URL must name one Redis (redis:// or rediss://), got {REDBEAT_REDIS_URL!r}"
+    )
+CELERY_BEAT_SCHEDULER = (
+    "saas_platform.beat:LockedRedisScheduler" if REDBEAT_REDIS_URL else "celery.beat:Scheduler"
+)
+CELERY_REDBEAT_REDIS_URL = REDBEAT_REDIS_URL or None
+CELERY_REDBEAT_KEY_PREFIX = env_str("REDBEAT_KEY_PREFIX", "redbeat:")
+# The beat that holds the lock renews it every tick (at least every BEAT_MAX_LOOP_INTERVAL);
+# a stopped beat releases it at once, a killed one's lapses after BEAT_LOCK_TIMEOUT_SECONDS.
+# The others try to take it every CELERY_BEAT_MAX_LOOP_INTERVAL seconds.
+CELERY_BEAT_MAX_LOOP_INTERVAL = 5
+CELERY_REDBEAT_LOCK_TIMEOUT = env_int("BEAT_LOCK_TIMEOUT_SECONDS", 30, minimum=10)
 CELERY_BEAT_SCHEDULE = {
     # Move usage events from the Redis stream into the ledger.
     "ledger-drain": {"task": "billing.tasks.drain_usage_events", "schedule": 1.0},

@@ -18,7 +18,7 @@ from billing.models import UsageRecord
 from billing.pricing import price_set
 from tests.billing.factories import event
 from tests.gateway_server import gateway_env, make_customer
-from tests.servers import ROOT, free_port, gateway_command, running
+from tests.servers import ROOT, celery_worker_command, free_port, gateway_command, running
 
 HI = [{"role": "user", "content": "hi"}]
 BROKER = "redis://127.0.0.1:6379/12"
@@ -39,9 +39,7 @@ def celery_worker(tmp_path):
     """A real Celery worker with its beat, which drains the stream every second."""
     redis.Redis.from_url(BROKER).flushdb()  # no task left by an earlier run
     env = gateway_env(CELERY_BROKER_URL=BROKER, LEDGER_RECLAIM_IDLE_SECONDS="1")
-    command = [sys.executable, "-m", "celery", "-A", "saas_platform", "worker", "-B",
-               "--concurrency", "1", "--loglevel", "WARNING",
-               "--schedule", str(tmp_path / "beat-schedule")]  # fmt: skip
+    command = celery_worker_command("-B", "--concurrency", "1", "--loglevel", "WARNING")
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
     yield worker
@@ -130,8 +128,7 @@ def test_postgresql_restarting_during_a_burst_loses_nothing(gateway, catalog, tm
     worker_env = dict(env, CELERY_BROKER_URL=BROKER, LEDGER_RECLAIM_IDLE_SECONDS="1")
     worker_log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "saas_platform", "worker", "-B", "--concurrency",
-         "1", "--loglevel", "WARNING", "--schedule", str(tmp_path / "beat")],
+        celery_worker_command("-B", "--concurrency", "1", "--loglevel", "WARNING"),
         cwd=ROOT, env=worker_env, stdout=worker_log, stderr=worker_log,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
