@@ -28,8 +28,11 @@ class Worker:
     log: Path
 
     def lines(self, marker: str) -> int:
-        return sum(1 for line in self.log.read_text(errors="replace").splitlines()
-                   if marker in line and (marker != RECEIVED or "received" in line))  # fmt: skip
+        return sum(
+            1
+            for line in self.log.read_text(errors="replace").splitlines()
+            if marker in line and (marker != RECEIVED or "received" in line)
+        )
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -39,10 +42,14 @@ def _start(name: str, folder: Path, env: dict) -> Worker:
     log = folder / f"{name}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            celery_worker_command("-B", "--concurrency", "1", "--loglevel", "INFO",
-                                  "--hostname", f"{name}@%h"),
-            cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            celery_worker_command(
+                "-B", "--concurrency", "1", "--loglevel", "INFO", "--hostname", f"{name}@%h"
+            ),
+            cwd=folder,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     return Worker(name, process, log)
 
 
@@ -129,8 +136,12 @@ def _damage(beat_redis, damage: str) -> None:
         beat_redis.delete(*keys)
 
 
-DAMAGES = ("definitions not JSON", "schedule of another type", "lock without expiry",
-           "every key deleted")  # fmt: skip
+DAMAGES = (
+    "definitions not JSON",
+    "schedule of another type",
+    "lock without expiry",
+    "every key deleted",
+)
 
 
 def test_a_corrupt_or_deleted_schedule_stops_neither_worker_nor_the_ticks(two_workers):
@@ -167,13 +178,25 @@ def test_when_the_beats_worker_stops_the_other_beat_takes_over(two_workers):
 
 def _settings_of(**env) -> list[str]:
     names = ("CELERY_BEAT_SCHEDULER", "CELERY_REDBEAT_REDIS_URL")
-    script = ("import django; django.setup(); from django.conf import settings; "
-              f"print(*(getattr(settings, n) for n in {names!r}), sep='\\n')")  # fmt: skip
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("REDIS_URL", "CELERY_BROKER_URL", "REDBEAT_REDIS_URL")}  # fmt: skip
+    script = (
+        "import django; django.setup(); from django.conf import settings; "
+        f"print(*(getattr(settings, n) for n in {names!r}), sep='\\n')"
+    )
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "CELERY_BROKER_URL", "REDBEAT_REDIS_URL")
+    }
     clean.update(DJANGO_SETTINGS_MODULE="saas_platform.settings")
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(clean, **env),
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=dict(clean, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0 or not result.stdout, result.stdout
     return result.stdout.splitlines() or [result.stderr.strip().splitlines()[-1]]
 
@@ -183,10 +206,14 @@ def test_the_beat_redis_is_one_redis_the_brokers_first():
     locked = "saas_platform.beat:LockedRedisScheduler"
 
     on_broker = _settings_of(REDIS_URL=cluster, CELERY_BROKER_URL="redis://127.0.0.1:6379/1")
-    on_redis = _settings_of(REDIS_URL="redis://127.0.0.1:6379/0",
-                            CELERY_BROKER_URL="amqp://guest@127.0.0.1//")  # fmt: skip
-    named = _settings_of(REDIS_URL=cluster, CELERY_BROKER_URL="amqp://guest@127.0.0.1//",
-                         REDBEAT_REDIS_URL="redis://127.0.0.1:6379/3")  # fmt: skip
+    on_redis = _settings_of(
+        REDIS_URL="redis://127.0.0.1:6379/0", CELERY_BROKER_URL="amqp://guest@127.0.0.1//"
+    )
+    named = _settings_of(
+        REDIS_URL=cluster,
+        CELERY_BROKER_URL="amqp://guest@127.0.0.1//",
+        REDBEAT_REDIS_URL="redis://127.0.0.1:6379/3",
+    )
     no_redis = _settings_of(CELERY_BROKER_URL="amqp://guest@127.0.0.1//")
     refused = _settings_of(REDBEAT_REDIS_URL=cluster)
 
