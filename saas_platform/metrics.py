@@ -139,8 +139,9 @@ class _PlatformCollector:
 
     def _shared(self):
         for counter in _SHARED:
-            family = CounterMetricFamily(counter.name, counter.documentation,
-                                         labels=counter.labelnames)  # fmt: skip
+            family = CounterMetricFamily(
+                counter.name, counter.documentation, labels=counter.labelnames
+            )
             values = counter.values()
             if not counter.labelnames and not values:
                 values = {b"[]": 0}

@@ -9,8 +9,9 @@ import re
 import httpx
 
 from tests.conftest import ROOT
-from tests.gateway_server import make_customer
+from tests.gateway_server import gateway_env, make_customer
 from tests.metrics import samples, scrape
+from tests.servers import free_port, gateway_command, running
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "platform.json"
 HI = [{"role": "user", "content": "hi"}]
@@ -133,3 +134,39 @@ def test_every_panel_queries_metrics_that_metrics_exports(gateway, catalog):
     assert set(queried) >= COVERED
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_in_multiprocess_mode_metrics_sums_the_processes_and_keeps_the_platforms_figures(
+    gateway, catalog, tmp_path
+):
+    customer = make_customer(gateway)
+    port = free_port()
+    folder = tmp_path / "prometheus"
+    folder.mkdir()
+    env = gateway_env(PROMETHEUS_MULTIPROC_DIR=str(folder))  # as platform-gateway.service runs
+    base = f"http://127.0.0.1:{port}"
+    with running(gateway_command(port, workers=2), env=env, ready_url=f"{base}/healthz"):
+        for _ in range(8):  # new connections: uvicorn's processes take them in turn
+            response = httpx.post(
+                f"{base}/v1/chat/completions",
+                json={"model": "fake", "messages": HI},
+                headers={"Authorization": f"Bearer {customer.key}"},
+            )
+            assert response.status_code == 200
+        text = scrape(base)
+    found = samples(text)
+    answered = sum(
+        v
+        for (name, labels), v in found.items()
+        if name == "gateway_requests_total" and ("status", "200") in labels
+    )
+
+    assert answered == 8
+    assert exported_names(text) >= {
+        "gateway_request_seconds_bucket",
+        "billing_ledger_stream_length",
+        "billing_ledger_oldest_unstored_seconds",
+        "billing_ledger_events_stored_total",
+        "models_node_used_bytes",
+        "models_loads_total",
+    }
