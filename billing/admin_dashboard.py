@@ -1,16 +1,47 @@
 """The admin's usage dashboard: tokens per day by tenant and by model, the top tenants, and the
-gateway's refusals by reason, over the last 7, 30 or 90 days. Usage comes from the daily
-rollups (billing.selectors), refusals from their daily Redis counts (tenants.refusals).
+gateway's refusals by reason, over the last 7, 30 or 90 days; and how far the ledger is behind
+the usage stream, now. Usage comes from the daily rollups (billing.selectors), refusals from
+their daily Redis counts (tenants.refusals), the lag from the stream (billing.ledger_lag).
 """
 
+import logging
+import time
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
 from django.template.response import TemplateResponse
 
+from billing.ledger_lag import LedgerLag, ledger_lag_check
 from billing.selectors import last_days, tokens_by_model, tokens_by_tenant, top_tenants
 from saas_platform.charts import daily_chart, ranking_chart
 from tenants.refusals import refusals_per_day
 
+logger = logging.getLogger(__name__)
+
 RANGES = (7, 30, 90)
 DEFAULT_DAYS = 30
+
+
+@dataclass(frozen=True)
+class LagPanel:
+    lag: LedgerLag | None  # None without Redis: events are stored as they come
+    threshold: int
+    drained_seconds_ago: float | None
+    error: str = ""
+
+
+def _lag_panel() -> LagPanel:
+    threshold = settings.LEDGER_LAG_ALERT_SECONDS
+    try:
+        lag = ledger_lag_check()
+    except redis.RedisError as error:
+        logger.warning("usage dashboard: ledger lag unavailable: %s", error)
+        return LagPanel(None, threshold, None, error=f"Redis did not answer: {error}")
+    ago = None
+    if lag and lag.last_drain_at is not None:
+        ago = max(0.0, time.time() - lag.last_drain_at)
+    return LagPanel(lag, threshold, ago)
 
 
 def usage_dashboard(model_admin, request):
@@ -45,6 +76,7 @@ def usage_dashboard(model_admin, request):
         "refusals": sorted(by_reason.items(), key=lambda item: -item[1]),
         "refusal_chart": ranking_chart(f"Refused requests by reason, last {days} days",
                                        by_reason.items(), unit="requests"),
+        "ledger": _lag_panel(),
         "refusals_daily": daily_chart("Refused requests per day by reason", refused, first,
                                       last, unit="requests"),
     }  # fmt: skip

@@ -7,12 +7,14 @@ claims and stores it again: `request_id` makes that second write a no-op. Withou
 embedded default) the recorder stores events directly.
 
 The stream is one key, so on a Redis Cluster it and its consumer group live on one slot (one
-node): every command here names that key alone.
+node); the keys kept beside it (LAST_DRAIN, billing.ledger_lag's alert) carry the stream's name
+as their hash tag, so they live on that slot too.
 """
 
 import logging
 import os
 import socket
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 STREAM = "usage:events"
 GROUP = "ledger"
+# When a drain last ran to the end (Unix seconds). The hash tag puts it on the stream's slot.
+LAST_DRAIN = "{usage:events}:last-drain"
 # Fields compared when a request id comes twice: the same payload is a duplicate delivery,
 # a different one is refused.
 _COMPARED = ("tenant_id", "model_id", "prompt_tokens", "completion_tokens", "status")
@@ -382,4 +386,5 @@ def ledger_drain(*, batch_size: int | None = None, max_batches: int = 100) -> in
         client.xack(STREAM, GROUP, *ids)
         client.xdel(STREAM, *ids)
         stored += result.stored
+    client.set(LAST_DRAIN, repr(time.time()))
     return stored

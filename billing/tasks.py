@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.conf import settings
 
-from billing import ledger, spend
+from billing import ledger, ledger_lag, spend
 from billing.invoices import invoices_close_due
 
 
@@ -22,3 +22,8 @@ def reconcile_spend() -> None:
 @shared_task(acks_late=True, time_limit=3600, ignore_result=True)
 def close_due_invoices() -> int:
     return len(invoices_close_due())
+
+
+@shared_task(time_limit=60, ignore_result=True, expires=30)
+def watch_ledger_lag() -> None:
+    ledger_lag.ledger_lag_check()

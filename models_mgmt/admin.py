@@ -15,11 +15,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from models_mgmt import placements, services
-from models_mgmt.models import Node, Placement, ServedModel
+from models_mgmt.models import MEMORY_HOLDING_STATES, Node, Placement, ServedModel
 from models_mgmt.tasks import evict_model
 
-HOLDING = [Placement.State.LOADING, Placement.State.READY, Placement.State.DRAINING,
-           Placement.State.UNLOADING]  # fmt: skip
+HOLDING = sorted(MEMORY_HOLDING_STATES)
 SETTLING = {Placement.State.QUEUED, Placement.State.LOADING, Placement.State.DRAINING,
             Placement.State.UNLOADING}  # fmt: skip
 

@@ -147,5 +147,15 @@ class Placement(models.Model):
 
     @property
     def holds_memory(self) -> bool:
-        return self.state in {self.State.LOADING, self.State.READY, self.State.DRAINING,
-                              self.State.UNLOADING}  # fmt: skip
+        return self.state in MEMORY_HOLDING_STATES
+
+
+# The states in which a placement's engine holds (or is taking) its node's memory.
+MEMORY_HOLDING_STATES = frozenset(
+    {
+        Placement.State.LOADING,
+        Placement.State.READY,
+        Placement.State.DRAINING,
+        Placement.State.UNLOADING,
+    }
+)

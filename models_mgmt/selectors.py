@@ -1,10 +1,13 @@
 import logging
 import time
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import DatabaseError
+from django.db.models import Q, Sum
+from django.db.models.functions import Coalesce
 
-from models_mgmt.models import ServedModel
+from models_mgmt.models import MEMORY_HOLDING_STATES, Node, ServedModel
 from saas_platform.threads import in_db_thread
 
 logger = logging.getLogger(__name__)
@@ -16,6 +19,22 @@ def enabled_models():
 
 def enabled_model(model_id: str) -> ServedModel | None:
     return enabled_models().filter(model_id=model_id).first()
+
+
+@dataclass(frozen=True)
+class NodeMemory:
+    node: str
+    used_bytes: int  # declared bytes of the models that hold memory there
+    budget_bytes: int
+
+
+def node_memory() -> list[NodeMemory]:
+    """Each node's memory used against its budget, in one query."""
+    holding = Q(placements__state__in=MEMORY_HOLDING_STATES)
+    rows = Node.objects.annotate(
+        used=Coalesce(Sum("placements__vram_bytes", filter=holding), 0)
+    ).values_list("name", "used", "vram_budget_bytes")
+    return [NodeMemory(name, used, budget) for name, used, budget in rows]
 
 
 def unknown_model_ids(model_ids) -> set[str]:

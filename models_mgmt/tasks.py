@@ -8,7 +8,6 @@ from django.utils import timezone
 from models_mgmt import placements
 from models_mgmt.live import live_state
 from models_mgmt.models import Node, Placement
-from saas_platform import metrics
 
 RETRY = {"autoretry_for": (ConnectionError, OSError), "retry_backoff": True, "max_retries": 3}
 
@@ -25,13 +24,10 @@ def evict_model(node_name: str, model_id: str) -> None:
 
 @shared_task(acks_late=True, time_limit=300, ignore_result=True)
 def node_tick(node_name: str) -> None:
-    """Heartbeat, reconcile with the engines that really run, report used bytes, then unload
-    models idle past their keep-alive."""
+    """Heartbeat, reconcile with the engines that really run, measure them, then unload models
+    idle past their keep-alive."""
     placements.node_heartbeat(node_name=node_name)
     placements.placement_reconcile(node_name=node_name)
-    node = Node.objects.get(name=node_name)
-    used = sum(p.vram_bytes for p in node.placements.all() if p.holds_memory)
-    metrics.NODE_USED_BYTES.labels(node=node_name).set(used)
     placements.placement_measure(node_name=node_name)
     live = live_state()
     now_ms = timezone.now().timestamp() * 1000

@@ -200,8 +200,7 @@ def fake_upstream(port: int, env: dict) -> Proc:
 def ledger_worker(env: dict, name: str = "ledger") -> Proc:
     """The billing worker as the README runs it: default queue, with its beat."""
     command = [sys.executable, "-m", "celery", "-A", "saas_platform", "worker", "-B",
-               "--concurrency", "1", "--loglevel", "INFO", "--hostname", f"{name}@%h",
-               "--schedule", str(VAR / "beat-schedule")]  # fmt: skip
+               "--concurrency", "1", "--loglevel", "INFO", "--hostname", f"{name}@%h"]  # fmt: skip
     return Proc(name, command, env)
 
 

@@ -31,7 +31,7 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 # HTTP. Behind a proxy that ends TLS, TRUST_X_FORWARDED_PROTO=1 believes its X-Forwarded-Proto.
 HTTPS = env_bool("HTTPS", default=False)
 SECURE_SSL_REDIRECT = HTTPS
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]  # load balancers probe over plain HTTP
 SESSION_COOKIE_SECURE = HTTPS
 CSRF_COOKIE_SECURE = HTTPS
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if HTTPS else 0, minimum=0)
@@ -156,6 +156,30 @@ CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 600, minimum=1)
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND") or (
     None if REDIS_IS_CLUSTER else REDIS_URL or None
 )
+
+# --- Celery beat: its schedule and a lock live in one Redis (celery-redbeat), so however many
+# workers start with -B, one beat sends the schedule, and no schedule file is written. redbeat
+# needs one Redis, not a cluster: REDBEAT_REDIS_URL, else the broker's Redis, else REDIS_URL
+# when it names one Redis. Without any (a RabbitMQ broker and no Redis) the beat keeps its
+# schedule in memory, rebuilt from this file at each start, with no lock.
+REDBEAT_REDIS_URL = env_str("REDBEAT_REDIS_URL") or next(
+    (url for url in (CELERY_BROKER_URL, REDIS_URL) if url.startswith(("redis://", "rediss://"))),
+    "",
+)
+if REDBEAT_REDIS_URL and not REDBEAT_REDIS_URL.startswith(("redis://", "rediss://")):
+    raise ImproperlyConfigured(
+        f"REDBEAT_REDIS_URL must name one Redis (redis:// or rediss://), got {REDBEAT_REDIS_URL!r}"
+    )
+CELERY_BEAT_SCHEDULER = (
+    "saas_platform.beat:LockedRedisScheduler" if REDBEAT_REDIS_URL else "celery.beat:Scheduler"
+)
+CELERY_REDBEAT_REDIS_URL = REDBEAT_REDIS_URL or None
+CELERY_REDBEAT_KEY_PREFIX = env_str("REDBEAT_KEY_PREFIX", "redbeat:")
+# The beat that holds the lock renews it every tick (a tick at least every 5 s); a stopped beat
+# releases it at once, a killed one's lapses after BEAT_LOCK_TIMEOUT_SECONDS. The others try
+# to take it every 5 s.
+CELERY_BEAT_MAX_LOOP_INTERVAL = 5
+CELERY_REDBEAT_LOCK_TIMEOUT = env_int("BEAT_LOCK_TIMEOUT_SECONDS", 30, minimum=10)
 CELERY_BEAT_SCHEDULE = {
     # Move usage events from the Redis stream into the ledger.
     "ledger-drain": {"task": "billing.tasks.drain_usage_events", "schedule": 1.0},
@@ -165,6 +189,8 @@ CELERY_BEAT_SCHEDULE = {
     "invoices-close-due": {"task": "billing.tasks.close_due_invoices", "schedule": 3600.0},
     # Each node's heartbeat and idle eviction, on its own queue.
     "node-ticks": {"task": "models_mgmt.tasks.schedule_node_ticks", "schedule": 15.0},
+    # Email the operators when the ledger falls behind the usage stream, and when it catches up.
+    "ledger-lag-watch": {"task": "billing.tasks.watch_ledger_lag", "schedule": 15.0},
 }
 
 # --- Usage events: optional NDJSON file each event is appended to, and recorder classes.
@@ -196,6 +222,9 @@ INVOICE_GRACE_DAYS = env_int("INVOICE_GRACE_DAYS", 3, minimum=0)
 # 2,000: 1.14x the events/s of 500 in the ingest bench; past ~5,000 little more is gained.
 LEDGER_BATCH_SIZE = env_int("LEDGER_BATCH_SIZE", 2000, minimum=1)
 LEDGER_RECLAIM_IDLE_SECONDS = env_int("LEDGER_RECLAIM_IDLE_SECONDS", 30, minimum=0)
+# Past this age of the oldest unstored usage event, /readyz answers 503 and the operators are
+# emailed (once, and once more when it is back under).
+LEDGER_LAG_ALERT_SECONDS = env_int("LEDGER_LAG_ALERT_SECONDS", 60, minimum=1)
 
 # --- The gateway.
 # Concurrency leases expire this long after their last renewal (a killed process frees its
@@ -228,6 +257,14 @@ LOCAL_ENGINE_THREADS = env_int("LOCAL_ENGINE_THREADS", 0, minimum=0)
 
 # Addresses that may read /metrics without signing in as staff.
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+# Figures of the whole platform that /metrics reads when it is scraped, and the checks of
+# GET /readyz beyond the database and Redis: named here, since the project package imports
+# no app (saas_platform/metrics.py, health.py).
+METRICS_COLLECTORS = [
+    "billing.ledger_lag.ledger_lag_collector",
+    "models_mgmt.node_metrics.node_memory_collector",
+]
+READINESS_CHECKS = {"ledger": "billing.ledger_lag.ledger_readiness"}
 
 # --- Tenants.
 # What the tenants' model allow lists are checked against: a function from model ids to those
@@ -274,21 +311,22 @@ AXES_VERBOSE = False
 # --- Email (password resets, member invitations): printed on the console unless a server is
 # configured, so a fresh `make run` can show the flow without one.
 _mail_backend = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
-MAILERS = {
-    "default": {
-        "BACKEND": _mail_backend,
-        "OPTIONS": {
-            "host": env_str("EMAIL_HOST", "localhost"),
-            "port": env_int("EMAIL_PORT", 25, minimum=1),
-            "username": env_str("EMAIL_HOST_USER"),
-            "password": env_str("EMAIL_HOST_PASSWORD"),
-            "use_tls": env_bool("EMAIL_USE_TLS", default=False),
-        }
-        if _mail_backend.endswith("smtp.EmailBackend")
-        else {},
+if _mail_backend.endswith("smtp.EmailBackend"):
+    _mail_options = {
+        "host": env_str("EMAIL_HOST", "localhost"),
+        "port": env_int("EMAIL_PORT", 25, minimum=1),
+        "username": env_str("EMAIL_HOST_USER"),
+        "password": env_str("EMAIL_HOST_PASSWORD"),
+        "use_tls": env_bool("EMAIL_USE_TLS", default=False),
     }
-}
+elif _mail_backend.endswith("filebased.EmailBackend"):  # one file per message, in a folder
+    _mail_options = {"file_path": env_str("EMAIL_FILE_PATH", str(VAR_DIR / "emails"))}
+else:
+    _mail_options = {}
+MAILERS = {"default": {"BACKEND": _mail_backend, "OPTIONS": _mail_options}}
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "no-reply@localhost")
+# Who is emailed when the platform needs an operator (the ledger falling behind, and back).
+OPERATOR_EMAILS = env_list("OPERATOR_EMAILS", [])
 # How long a password-reset or invitation link works.
 PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3 * 24 * 3600, minimum=60)
 

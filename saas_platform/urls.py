@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from saas_platform.health import healthz
+from saas_platform.health import healthz, readyz
 from saas_platform.metrics import metrics_view
 
 admin.site.site_header = "Inference platform: operator admin"
@@ -13,6 +13,7 @@ urlpatterns = [
     # People who open the server's address land on the portal (the API lives under /v1/).
     path("", RedirectView.as_view(pattern_name="portal:overview"), name="home"),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("portal/", include("portal.urls")),
     path("api/", include("billing.urls")),

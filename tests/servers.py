@@ -55,3 +55,8 @@ def gateway_command(port: int, workers: int = 2) -> list[str]:
     return [str(Path(sys.executable).parent / "uvicorn"), "saas_platform.asgi:application",
             "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
             "--no-access-log", "--lifespan", "off", "--timeout-graceful-shutdown", "2"]  # fmt: skip
+
+
+def celery_worker_command(*options: str) -> list[str]:
+    """`celery worker` for this project as the README starts it, with `options` (e.g. "-B")."""
+    return [sys.executable, "-m", "celery", "-A", "saas_platform", "worker", *options]

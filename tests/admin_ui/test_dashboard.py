@@ -11,7 +11,7 @@ import openai
 import pytest
 
 from tenants.refusals import refusals_per_day
-from tests.billing.factories import event, store
+from tests.billing.factories import event, store, stream_aged
 from tests.gateway_server import make_customer
 
 
@@ -90,3 +90,21 @@ def test_refusals_are_counted_by_reason_where_the_gateway_raises_them(
     refusals = re.search(r'<table class="admin-table" id="refusals">(.*?)</table>', page, re.S)[1]
     assert re.search(r"invalid_api_key</code></th><td class=\"num\">2<", refusals)
     assert re.search(r"too_large</code></th><td class=\"num\">1<", refusals)
+
+
+def test_dashboard_shows_how_far_the_ledger_is_behind(admin_client, acme, redis_url, settings):
+    settings.LEDGER_LAG_ALERT_SECONDS = 60
+    caught_up = admin_client.get("/admin/billing/dailyusage/").content.decode()
+    stream_aged(acme, 95)
+
+    behind = admin_client.get("/admin/billing/dailyusage/").content.decode()
+
+    panel = re.search(
+        r'<section class="admin-panel[^"]*" [^>]*id="ledger-lag">(.*?)</section>', behind, re.S
+    )
+    assert "0 usage events waiting to be stored" in caught_up
+    assert "Behind:" not in caught_up
+    assert "admin-panel-alert" in panel[0]
+    assert "Behind:" in panel[1]
+    assert "1 usage event waiting to be stored; the oldest is 95 s old" in panel[1]
+    assert "(alert past 60 s)" in panel[1]

@@ -1,10 +1,14 @@
 """Usage events and ledger rows for billing tests."""
 
 import itertools
+import time
 from datetime import UTC, datetime
 
-from billing.ledger import ledger_store
+import orjson
+
+from billing.ledger import STREAM, ledger_store
 from billing.usage import UsageEvent
+from saas_platform.redis_clients import sync_client
 
 _ids = itertools.count(1)
 
@@ -27,3 +31,9 @@ def event(tenant, *, model="llama", prompt=1000, completion=500, at=None, status
 
 def store(*events):
     return ledger_store(list(events))
+
+
+def stream_aged(tenant, seconds: float) -> None:
+    """Append an event to the usage stream as if `seconds` ago (an entry id is its time in ms)."""
+    added_ms = int((time.time() - seconds) * 1000)
+    sync_client().xadd(STREAM, {"event": orjson.dumps(event(tenant))}, id=f"{added_ms}-0")

@@ -11,6 +11,7 @@ from models_mgmt import placements
 from models_mgmt.live import live_state
 from models_mgmt.models import Node, Placement
 from models_mgmt.services import model_register
+from tests.metrics import scrape, value
 
 
 @pytest.fixture
@@ -73,3 +74,21 @@ def test_a_silent_node_leaves_routing_until_it_beats_again(node, fake_upstream_u
 
     placements.node_heartbeat(node_name="n1")
     assert asyncio.run(live_state().route("a")) == ("n1", fake_upstream_url)
+
+
+def test_any_servers_metrics_show_the_nodes_memory_loads_and_evictions(
+    node, fake_upstream_url, gateway
+):
+    before = scrape(gateway.url)  # another process: counts and figures come through Redis and
+    for model_id in ("old", "recent", "third"):  # the database, not its memory
+        register(fake_upstream_url, model_id, 40)
+        placements.placement_load(node_name="n1", model_id=model_id)
+    after = scrape(gateway.url)
+
+    def added(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert value(after, "models_node_used_bytes", node="n1") == 80
+    assert value(after, "models_node_budget_bytes", node="n1") == 100
+    assert added("models_loads_total", node="n1") == 3
+    assert added("models_evictions_total", node="n1", reason="lru") == 1
