@@ -19,7 +19,7 @@ from gateway.app import API_PREFIX  # noqa: E402
 from gateway.app import application as gateway_application  # noqa: E402
 from saas_platform.body_guard import BodyGuard  # noqa: E402
 
-# Bodies reach Django in bounded time (the gateway bounds its own, in size too).
+# Bodies reach Django within a size and a time limit (the gateway bounds its own).
 guarded_django = BodyGuard(django_application)
 
 

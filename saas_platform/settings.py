@@ -209,7 +209,13 @@ DEFAULT_MAX_TOKENS_RESERVATION = env_int("DEFAULT_MAX_TOKENS_RESERVATION", 1024,
 MAX_TOKENS_LIMIT = env_int("MAX_TOKENS_LIMIT", 131072, minimum=1)
 # Largest request body the inference endpoints take (413 above it).
 INFERENCE_MAX_BODY_BYTES = env_int("INFERENCE_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = INFERENCE_MAX_BODY_BYTES
+# Largest request body every other path takes (the portal's and admin's forms, /api/, /healthz):
+# 413 from the declared length before anything is read, or once a chunked body passes it
+# (saas_platform/body_guard.py). Django's own limits match, so what passes is held in memory,
+# never spooled to disk.
+REQUEST_MAX_BODY_BYTES = env_int("REQUEST_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BODY_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BODY_BYTES
 # Seconds a client has to send its whole request body (408 after), so a slow one cannot hold a
 # connection and its buffer for ever (saas_platform/body_guard.py).
 REQUEST_BODY_TIMEOUT_SECONDS = env_int("REQUEST_BODY_TIMEOUT_SECONDS", 60, minimum=1)
