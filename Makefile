@@ -18,6 +18,12 @@ PORT ?= 8000
 # Several server processes share limits through Redis; without it, the in-process limiter
 # is only right with one.
 WORKERS ?= $(if $(REDIS_URL),2,1)
+# The server's fixed options (tests/servers.py's gateway_command has the same): the protocol that
+# bounds request heads, keep-alive and connections per worker (saas_platform/http_protocol.py);
+# no WebSockets; forwarded headers are the application's to believe, from TRUSTED_PROXIES only
+# (saas_platform/asgi.py), never uvicorn's (it trusts loopback by default).
+SERVER_OPTIONS := --http saas_platform.http_protocol:BoundedHttpToolsProtocol --ws none \
+	--no-proxy-headers --no-access-log --lifespan off
 
 # Test services on localhost (make test): PostgreSQL and Redis.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/saas_platform
@@ -63,7 +69,7 @@ run: $(STAMP) $(NODE_STAMP) var/secret_key
 
 serve: $(STAMP) $(NODE_STAMP)
 	$(BIN)/uvicorn saas_platform.asgi:application --host "$(HOST)" --port "$(PORT)" \
-		--workers "$(WORKERS)" --no-access-log --lifespan off
+		--workers "$(WORKERS)" $(SERVER_OPTIONS)
 
 services:
 	@scripts/ensure-services

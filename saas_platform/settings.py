@@ -219,6 +219,14 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BODY_BYTES
 # Seconds a client has to send its whole request body (408 after), so a slow one cannot hold a
 # connection and its buffer for ever (saas_platform/body_guard.py).
 REQUEST_BODY_TIMEOUT_SECONDS = env_int("REQUEST_BODY_TIMEOUT_SECONDS", 60, minimum=1)
+# Seconds a connection has to deliver a complete request head, from when it opens and from the
+# end of each response (so also the keep-alive idle time); then it is closed
+# (saas_platform/http_protocol.py). A client sending nothing, or a header line now and then,
+# cannot hold a connection.
+REQUEST_HEADER_TIMEOUT_SECONDS = env_int("REQUEST_HEADER_TIMEOUT_SECONDS", 10, minimum=1)
+# Connections one server process serves at once (requests past it get 503 with Retry-After).
+# Long streams hold theirs for minutes: room for a few thousand per process.
+MAX_CONNECTIONS_PER_WORKER = env_int("MAX_CONNECTIONS_PER_WORKER", 4096, minimum=1)
 # Upstream engines: one pooled async HTTP client per process.
 UPSTREAM_CONNECT_TIMEOUT = env_int("UPSTREAM_CONNECT_TIMEOUT", 5, minimum=1)
 UPSTREAM_READ_TIMEOUT = env_int("UPSTREAM_READ_TIMEOUT", 120, minimum=1)
