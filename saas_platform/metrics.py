@@ -2,6 +2,7 @@
 PROMETHEUS_MULTIPROC_DIR so that every process's counters are summed (prometheus_client's
 multiprocess mode)."""
 
+import hmac
 import os
 
 from django.conf import settings
@@ -15,6 +16,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from saas_platform.addresses import address_in
 
 REQUESTS = Counter(
     "gateway_requests_total", "Inference requests by endpoint and status", ["endpoint", "status"]
@@ -48,11 +51,25 @@ LEDGER_CONFLICTS = Counter(
 )
 
 
+def _scraper_allowed(request) -> bool:
+    # The address as TRUSTED_PROXIES decides it (REMOTE_ADDR), and the token when one is set.
+    if not address_in(request.META.get("REMOTE_ADDR"), settings.METRICS_ALLOWED_NETWORKS):
+        return False
+    if not settings.METRICS_TOKEN:
+        return True
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), settings.METRICS_TOKEN.encode()
+    )
+
+
 def metrics_view(request):
     """Prometheus exposition: every process's counters in multiprocess mode, else this one's.
-    Served to METRICS_ALLOWED_IPS (loopback by default) and staff users only."""
-    allowed = request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOWED_IPS
-    if not allowed and not (request.user.is_authenticated and request.user.is_staff):
+    Served to METRICS_ALLOWED_IPS (loopback by default) with METRICS_TOKEN as a bearer token
+    when it is set, and to staff users."""
+    if not _scraper_allowed(request) and not (
+        request.user.is_authenticated and request.user.is_staff
+    ):
         return HttpResponse(status=403)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

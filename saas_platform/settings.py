@@ -10,6 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from saas_platform.addresses import parse_networks
 from saas_platform.env import env_bool, env_float, env_int, env_list, env_str
 from saas_platform.redis_clients import is_cluster
 
@@ -26,9 +27,21 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 
+# --- Proxies: whose X-Forwarded-For and X-Forwarded-Proto are believed (addresses or CIDRs; none
+# by default, so a client's own forwarded headers change nothing). saas_platform/addresses.py.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+TRUSTED_PROXY_NETWORKS = parse_networks("TRUSTED_PROXIES", TRUSTED_PROXIES)
+if env_str("TRUST_X_FORWARDED_PROTO"):
+    raise ImproperlyConfigured(
+        "TRUST_X_FORWARDED_PROTO is no longer read: set TRUSTED_PROXIES to the proxy's address, "
+        "whose X-Forwarded-Proto is then believed"
+    )
+
 # --- HTTPS. Off by default so that `make run` on http://127.0.0.1 can sign people in; HTTPS=1
 # (behind TLS) redirects plain HTTP, sends HSTS and keeps the session and CSRF cookies off plain
-# HTTP. Behind a proxy that ends TLS, TRUST_X_FORWARDED_PROTO=1 believes its X-Forwarded-Proto.
+# HTTP. Behind a proxy that ends TLS, its X-Forwarded-Proto makes a request secure when the
+# proxy is one of TRUSTED_PROXIES (the ASGI scheme, which Django reads: no
+# SECURE_PROXY_SSL_HEADER, which would believe the header from anyone).
 HTTPS = env_bool("HTTPS", default=False)
 SECURE_SSL_REDIRECT = HTTPS
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
@@ -37,8 +50,6 @@ CSRF_COOKIE_SECURE = HTTPS
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if HTTPS else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=HTTPS)
-if env_bool("TRUST_X_FORWARDED_PROTO", default=False):
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Origins (https://portal.example.com) allowed to POST forms when they differ from the host.
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -237,8 +248,11 @@ CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 5, minimum=0)
 # Threads the local engine's CPU model uses in each server process (0: llama.cpp's default).
 LOCAL_ENGINE_THREADS = env_int("LOCAL_ENGINE_THREADS", 0, minimum=0)
 
-# Addresses that may read /metrics without signing in as staff.
+# Addresses (or CIDRs) that may read /metrics without signing in as staff, and a bearer token
+# they must also present when it is set.
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+METRICS_ALLOWED_NETWORKS = parse_networks("METRICS_ALLOWED_IPS", METRICS_ALLOWED_IPS)
+METRICS_TOKEN = env_str("METRICS_TOKEN")
 
 # --- Tenants.
 # What the tenants' model allow lists are checked against: a function from model ids to those
@@ -271,6 +285,8 @@ AUTHENTICATION_BACKENDS = [
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# The address as TRUSTED_PROXIES decides it, never a header of the client's choosing.
+AXES_CLIENT_IP_CALLABLE = "saas_platform.addresses.client_address"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "portal/locked_out.html"
 # Its start-up banner would land on every management command's stderr, where scripts expect

@@ -24,7 +24,7 @@ def _check_deploy(**environment) -> subprocess.CompletedProcess:
 
 
 def test_check_deploy_is_clean_with_the_production_environment():
-    result = _check_deploy(HTTPS="1", TRUST_X_FORWARDED_PROTO="1")
+    result = _check_deploy(HTTPS="1", TRUSTED_PROXIES="10.0.0.0/8")
 
     assert result.returncode == 0, result.stderr
     assert "System check identified no issues" in result.stdout
