@@ -67,9 +67,13 @@ class RoleForm(forms.Form):
 
 
 class PortalPasswordResetForm(PasswordResetForm):
-    """Django's form skips accounts without a usable password; invited members have none until
-    they follow their invitation, so one who lost the email can still ask for a link."""
+    """Django's form skips accounts without a usable password; members invited before an
+    invitation had to be accepted have none until they set one, so they can still ask for a
+    link. Staff accounts never get one here: a portal form must not hand out the operator's
+    accounts (staff reset passwords in the admin or with `manage.py changepassword`)."""
 
     def get_users(self, email):
-        users = get_user_model()._default_manager.filter(email__iexact=email, is_active=True)
+        users = get_user_model()._default_manager.filter(
+            email__iexact=email, is_active=True, is_staff=False, is_superuser=False
+        )
         return (user for user in users if user.has_usable_password() or user.memberships.exists())

@@ -295,23 +295,33 @@ AXES_VERBOSE = False
 # Attempts are kept in the database (django-axes' default), where staff see and clear lockouts
 # in the admin; `manage.py axes_reset` clears them all.
 
-# --- Email (password resets, member invitations): printed on the console unless a server is
-# configured, so a fresh `make run` can show the flow without one.
-_mail_backend = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
-MAILERS = {
-    "default": {
-        "BACKEND": _mail_backend,
-        "OPTIONS": {
-            "host": env_str("EMAIL_HOST", "localhost"),
-            "port": env_int("EMAIL_PORT", 25, minimum=1),
-            "username": env_str("EMAIL_HOST_USER"),
-            "password": env_str("EMAIL_HOST_PASSWORD"),
-            "use_tls": env_bool("EMAIL_USE_TLS", default=False),
-        }
-        if _mail_backend.endswith("smtp.EmailBackend")
-        else {},
+# --- Email (password resets, member invitations). The emails carry links that sign a person in:
+# printed on the console, they would land in the server's log. So the console is the default
+# only with DJANGO_DEBUG=1 (`make run` sets it explicitly); otherwise EMAIL_BACKEND must say.
+_CONSOLE_MAIL = "django.core.mail.backends.console.EmailBackend"
+_mail_backend = env_str("EMAIL_BACKEND")
+if not _mail_backend:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "EMAIL_BACKEND is required unless DJANGO_DEBUG=1: password-reset and invitation "
+            "links must not go to the server's log. Use django.core.mail.backends.smtp."
+            f"EmailBackend (with EMAIL_HOST...), or {_CONSOLE_MAIL} if that is really meant"
+        )
+    _mail_backend = _CONSOLE_MAIL
+if _mail_backend.endswith("smtp.EmailBackend"):
+    _mail_options = {
+        "host": env_str("EMAIL_HOST", "localhost"),
+        "port": env_int("EMAIL_PORT", 25, minimum=1),
+        "username": env_str("EMAIL_HOST_USER"),
+        "password": env_str("EMAIL_HOST_PASSWORD"),
+        "use_tls": env_bool("EMAIL_USE_TLS", default=False),
     }
-}
+elif _mail_backend.endswith("filebased.EmailBackend"):
+    # One file per message in a folder: what the tests read links from.
+    _mail_options = {"file_path": env_str("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))}
+else:
+    _mail_options = {}
+MAILERS = {"default": {"BACKEND": _mail_backend, "OPTIONS": _mail_options}}
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "no-reply@localhost")
 # How long a password-reset or invitation link works.
 PASSWORD_RESET_TIMEOUT = env_int("PASSWORD_RESET_TIMEOUT", 3 * 24 * 3600, minimum=60)

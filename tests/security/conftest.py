@@ -3,6 +3,7 @@ address a tenant would like the gateway to call), a gateway of a test's own (whe
 settings than the shared one), and tenants with ledger data on a database the gateway sees."""
 
 import json
+import re
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -69,3 +70,17 @@ def error_of(response, status: int) -> dict:
     assert set(error) == {"message", "type", "code", "param"}
     assert error["message"]
     return error
+
+
+def post_form(client, path: str, data: dict, **options):
+    """Post a portal or admin form as a browser does: GET it for its CSRF token, then POST."""
+    page = client.get(path)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    return client.post(path, data={"csrfmiddlewaretoken": token, **data}, **options)
+
+
+def sent_mail(folder) -> list[str]:
+    """The messages a server with the file-based email backend wrote to `folder`."""
+    if not folder.exists():
+        return []
+    return [path.read_text() for path in sorted(folder.iterdir())]

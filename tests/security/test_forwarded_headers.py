@@ -4,7 +4,6 @@ X-Forwarded-For through) chose its address: /metrics opened to a spoofed allowed
 failed sign-in came "from" somewhere new and the lockout never triggered, and a forged
 X-Forwarded-Proto made plain HTTP count as HTTPS."""
 
-import re
 import subprocess
 import sys
 
@@ -13,15 +12,12 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from tests.conftest import ROOT
-from tests.security.conftest import own_gateway
+from tests.security.conftest import own_gateway, post_form
 
 
-def _sign_in(client: httpx.Client, username: str, password: str, *, forwarded_for: str = ""):
-    form = client.get("/portal/login/")
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text).group(1)
-    headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
-    return client.post("/portal/login/", headers=headers, data={
-        "csrfmiddlewaretoken": token, "username": username, "password": password})  # fmt: skip
+def _sign_in(client: httpx.Client, username: str, password: str, *, forwarded_for: str):
+    return post_form(client, "/portal/login/", {"username": username, "password": password},
+                     headers={"X-Forwarded-For": forwarded_for})  # fmt: skip
 
 
 def test_a_spoofed_forwarded_for_does_not_open_metrics(transactional_db, tmp_path):
