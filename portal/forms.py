@@ -3,6 +3,7 @@ from datetime import UTC, date, datetime, timedelta
 from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils import timezone
 
 from tenants.models import Membership
@@ -37,9 +38,28 @@ class ApiKeyCreateForm(forms.Form):
         return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
 
 
+# The days a usage period may name: far beyond any usage, and well inside what dates and
+# datetimes can hold (9999-12-31 has no next day to end a period at: it was a 500).
+FIRST_USAGE_DAY = date(2000, 1, 1)
+LAST_USAGE_DAY = date(2099, 12, 31)
+
+
+def _usage_day(label: str, help_text: str = "") -> forms.DateField:
+    outside = f"Pick a day from {FIRST_USAGE_DAY} to {LAST_USAGE_DAY}."
+    return forms.DateField(
+        label=label,
+        help_text=help_text,
+        widget=DateInput(attrs={"min": FIRST_USAGE_DAY, "max": LAST_USAGE_DAY}),
+        validators=[
+            MinValueValidator(FIRST_USAGE_DAY, message=outside),
+            MaxValueValidator(LAST_USAGE_DAY, message=outside),
+        ],
+    )
+
+
 class UsageFilterForm(forms.Form):
-    start = forms.DateField(widget=DateInput, label="From")
-    end = forms.DateField(widget=DateInput, label="To", help_text="Inclusive.")
+    start = _usage_day("From")
+    end = _usage_day("To", help_text="Inclusive.")
     model = forms.ChoiceField(required=False, label="Model")
 
     def __init__(self, *args, models: list[str], **kwargs):
