@@ -216,9 +216,9 @@ def test_outside_v1_a_chunked_body_is_counted_and_cut_near_the_limit(gateway):
 
 def test_a_form_under_the_limit_still_reaches_its_page(gateway, transactional_db):
     body = "username=alice&password=" + "x" * 900_000
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
 
-    response = httpx.post(f"{gateway.url}/portal/login/", content=body, timeout=10,
-                          headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    response = httpx.post(f"{gateway.url}/portal/login/", content=body, headers=form, timeout=10)
 
     assert response.status_code == 403  # Django's CSRF refusal: the form was read, not cut
     assert "CSRF" in response.text

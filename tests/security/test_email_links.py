@@ -49,13 +49,15 @@ def test_the_portal_sends_no_reset_link_for_a_staff_account(transactional_db, tm
     users.create_user("staffer", "staff@example.com", "staff-pass-12", is_staff=True)
     users.create_user("erin", "erin@example.com", "erin-pass-123")
     mail = tmp_path / "mail"
-    with own_gateway(tmp_path, EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
-                     EMAIL_FILE_PATH=str(mail)) as gateway:  # fmt: skip
-        with httpx.Client(base_url=gateway.url) as client:
-            answers = [post_form(client, "/portal/password/reset/", {"email": email})
-                       for email in ("ops@example.com", "staff@example.com")]  # fmt: skip
-            staff_mail = sent_mail(mail)
-            post_form(client, "/portal/password/reset/", {"email": "erin@example.com"})
+    backend = "django.core.mail.backends.filebased.EmailBackend"
+    with (
+        own_gateway(tmp_path, EMAIL_BACKEND=backend, EMAIL_FILE_PATH=str(mail)) as gateway,
+        httpx.Client(base_url=gateway.url) as client,
+    ):
+        answers = [post_form(client, "/portal/password/reset/", {"email": email})
+                   for email in ("ops@example.com", "staff@example.com")]  # fmt: skip
+        staff_mail = sent_mail(mail)
+        post_form(client, "/portal/password/reset/", {"email": "erin@example.com"})
 
     # The same answer as for any address (nothing tells an attacker which ones are staff)...
     assert [a.status_code for a in answers] == [302, 302]
