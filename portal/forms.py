@@ -1,6 +1,8 @@
 from datetime import UTC, date, datetime, timedelta
+from urllib.parse import urlsplit
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -78,7 +80,7 @@ class UsageFilterForm(forms.Form):
 
 
 class InviteForm(forms.Form):
-    email = forms.EmailField(help_text="They get an email with a link to sign in.")
+    email = forms.EmailField(help_text="They get an email with a link to accept.")
     role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.MEMBER)
 
 
@@ -97,3 +99,9 @@ class PortalPasswordResetForm(PasswordResetForm):
             email__iexact=email, is_active=True, is_staff=False, is_superuser=False
         )
         return (user for user in users if user.has_usable_password() or user.memberships.exists())
+
+    def save(self, **kwargs):
+        # The link goes to SITE_URL, never to the Host the request came with.
+        site = urlsplit(settings.SITE_URL)
+        kwargs.update(domain_override=site.netloc, use_https=site.scheme == "https")
+        return super().save(**kwargs)

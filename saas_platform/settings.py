@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from saas_platform.addresses import parse_networks
 from saas_platform.env import env_bool, env_float, env_int, env_list, env_str
 from saas_platform.redis_clients import is_cluster
+from saas_platform.site import parse_site_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -55,6 +56,13 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 HOST = env_str("HOST", "127.0.0.1")
 PORT = env_int("PORT", 8000, minimum=1)
+# The address people reach the site at, for the links in emails (saas_platform/site.py); never
+# the request's Host. `check --deploy` warns while it is unset.
+SITE_URL_IS_SET = bool(env_str("SITE_URL"))
+_served_at = f"[{HOST}]" if ":" in HOST else HOST
+SITE_URL = parse_site_url(
+    "SITE_URL", env_str("SITE_URL") or f"{'https' if HTTPS else 'http'}://{_served_at}:{PORT}"
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -2,10 +2,12 @@
 address a tenant would like the gateway to call), a gateway of a test's own (when it needs other
 settings than the shared one), and tenants with ledger data on a database the gateway sees."""
 
+import email
 import json
 import re
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -79,8 +81,23 @@ def post_form(client, path: str, data: dict, **options):
     return client.post(path, data={"csrfmiddlewaretoken": token, **data}, **options)
 
 
-def sent_mail(folder) -> list[str]:
-    """The messages a server with the file-based email backend wrote to `folder`."""
+@dataclass(frozen=True)
+class Sent:
+    to: str
+    subject: str
+    body: str
+
+
+def sent_mail(folder) -> list[Sent]:
+    """The messages a server with the file-based email backend wrote to `folder`, in order."""
     if not folder.exists():
         return []
-    return [path.read_text() for path in sorted(folder.iterdir())]
+    messages = []
+    for path in sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns):
+        # A file can hold several messages, each followed by a line of dashes.
+        for raw in path.read_text().split("\n" + "-" * 79 + "\n"):
+            if raw.strip():
+                message = email.message_from_string(raw.lstrip())
+                body = message.get_payload(decode=True).decode()
+                messages.append(Sent(message["To"], message["Subject"], body))
+    return messages

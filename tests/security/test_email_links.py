@@ -64,5 +64,25 @@ def test_the_portal_sends_no_reset_link_for_a_staff_account(transactional_db, tm
     # ...but no link was sent; the member's still is.
     assert staff_mail == []
     (message,) = sent_mail(mail)
-    assert "erin@example.com" in message
-    assert "/portal/password/reset/" in message
+    assert message.to == "erin@example.com"
+    assert "/portal/password/reset/" in message.body
+
+
+def test_a_reset_link_points_at_site_url_whatever_host_the_request_names(transactional_db,
+                                                                       tmp_path):  # fmt: skip
+    """The Host header is the client's to choose (here one ALLOWED_HOSTS lets through): a link
+    built from it would carry the reset token to the attacker's host."""
+    get_user_model().objects.create_user("erin", "erin@example.com", "erin-pass-123")
+    mail = tmp_path / "mail"
+    backend = "django.core.mail.backends.filebased.EmailBackend"
+    with (
+        own_gateway(tmp_path, EMAIL_BACKEND=backend, EMAIL_FILE_PATH=str(mail),
+                    ALLOWED_HOSTS="127.0.0.1,attacker.example",
+                    SITE_URL="https://portal.example.com") as gateway,
+        httpx.Client(base_url=gateway.url, headers={"Host": "attacker.example"}) as client,
+    ):  # fmt: skip
+        post_form(client, "/portal/password/reset/", {"email": "erin@example.com"})
+
+    (message,) = sent_mail(mail)
+    assert "https://portal.example.com/portal/password/reset/" in message.body
+    assert "attacker.example" not in message.body
