@@ -1,4 +1,4 @@
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
@@ -103,6 +103,50 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.tenant} ({self.role})"
+
+
+class InvitationQuerySet(models.QuerySet):
+    def open_at(self, moment: datetime) -> "InvitationQuerySet":
+        """Not accepted and not expired at `moment`."""
+        issued_after = moment - timedelta(seconds=settings.PASSWORD_RESET_TIMEOUT)
+        return self.filter(accepted_at__isnull=True, created_at__gt=issued_after)
+
+
+class Invitation(models.Model):
+    """An owner's offer of a membership to an email address. Nothing changes until the person
+    at that address follows the emailed link and accepts, signed in with an account of that
+    address (or making one); it works once, for PASSWORD_RESET_TIMEOUT. Only the link's SHA-256
+    is kept."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Membership.Role.choices,
+                            default=Membership.Role.MEMBER)  # fmt: skip
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    accepted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+", editable=False,
+    )  # fmt: skip
+
+    objects = InvitationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.tenant} ({self.role})"
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.created_at + timedelta(seconds=settings.PASSWORD_RESET_TIMEOUT)
+
+    def is_open_at(self, moment: datetime) -> bool:
+        return self.accepted_at is None and moment < self.expires_at
 
 
 class ApiKeyQuerySet(models.QuerySet):

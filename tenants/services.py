@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
@@ -176,28 +175,6 @@ def membership_set(*, tenant: Tenant, user, role: str = Membership.Role.MEMBER) 
         tenant=tenant, user=user, defaults={"role": role}
     )
     return membership
-
-
-@transaction.atomic
-def membership_invite(
-    *, tenant: Tenant, email: str, role: str = Membership.Role.MEMBER
-) -> tuple[Membership, bool]:
-    """Make the user with this email a member, creating the account (with no usable password
-    until they set one through the emailed link) when there is none. Returns the membership and
-    whether the account is new. Sending the email is the caller's (it knows the site's URL)."""
-    user_model = get_user_model()
-    email = user_model.objects.normalize_email(email.strip())
-    user = user_model.objects.filter(email__iexact=email).order_by("pk").first()
-    created = user is None
-    if created:
-        user = user_model.objects.create_user(username=email.lower(), email=email)
-        user.set_unusable_password()
-        user.save(update_fields=["password"])
-    membership, _ = Membership.objects.get_or_create(
-        tenant=tenant, user=user, defaults={"role": role}
-    )
-    logger.info("member invited to %s: user %s", tenant.slug, user.pk)
-    return membership, created
 
 
 @transaction.atomic
