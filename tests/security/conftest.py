@@ -74,9 +74,10 @@ def error_of(response, status: int) -> dict:
     return error
 
 
-def post_form(client, path: str, data: dict, **options):
-    """Post a portal or admin form as a browser does: GET it for its CSRF token, then POST."""
-    page = client.get(path)
+def post_form(client, path: str, data: dict, *, token_from: str | None = None, **options):
+    """Post a portal or admin form as a browser does: GET it (or the page `token_from`) for its
+    CSRF token, then POST."""
+    page = client.get(token_from or path)
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
     return client.post(path, data={"csrfmiddlewaretoken": token, **data}, **options)
 
