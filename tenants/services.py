@@ -4,6 +4,9 @@ Views, the admin, the CLI and the gateway all call these; nothing else writes th
 """
 
 import logging
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -28,7 +31,6 @@ from tenants.quotas import TenantConfig, validate_tenant_config
 logger = logging.getLogger(__name__)
 
 CONFIG_FIELDS = tuple(TenantConfig.__dataclass_fields__)
-_UNKNOWN = "unknown"  # cached for digests that match no key, so guessing costs no query
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,41 @@ def _last_known_cache_key(digest: str) -> str:
 # How long the database's last answer for a key may stand in for it while the database is
 # unreachable (a restart, a failover), so that known keys keep being served meanwhile.
 LAST_KNOWN_KEY_SECONDS = 3600
+
+
+class _UnknownDigests:
+    """Digests that matched no key, remembered by this process alone, for APIKEY_CACHE_SECONDS
+    and at most `size` of them. Keys with a valid checksum are free to invent: each used to
+    leave two entries in the shared cache (one for an hour). Now an invented key costs at most
+    one query per process, and memory here is bounded."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._until: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()  # the gateway looks keys up from a thread pool
+
+    def __contains__(self, digest: str) -> bool:
+        with self._lock:
+            until = self._until.get(digest)
+            if until is None:
+                return False
+            if until < time.monotonic():
+                del self._until[digest]
+                return False
+            return True
+
+    def add(self, digest: str) -> None:
+        seconds = settings.APIKEY_CACHE_SECONDS
+        if seconds <= 0:
+            return
+        with self._lock:
+            self._until[digest] = time.monotonic() + seconds
+            self._until.move_to_end(digest)
+            while len(self._until) > self._size:
+                self._until.popitem(last=False)
+
+
+_unknown_digests = _UnknownDigests(size=10_000)
 
 
 def _forget_keys(keys) -> None:
@@ -255,23 +292,24 @@ def _mark_used(api_key: ApiKey, now: datetime) -> None:
         api_key.last_used_at = now
 
 
-def _lookup(digest: str):
-    """The key with this digest from the database; while the database is unreachable, its last
-    answer (revocation and suspension delete that too), else the database's error."""
+def _lookup(digest: str) -> ApiKey | None:
+    """The key with this digest from the database (None: no such key); while the database is
+    unreachable, its last answer for a key that exists (revocation and suspension delete that
+    too), else the database's error. Only keys that exist are kept in the shared cache."""
     try:
-        api_key = ApiKey.objects.for_digest(digest) or _UNKNOWN
+        api_key = ApiKey.objects.for_digest(digest)
     except DatabaseError:
         api_key = cache.get(_last_known_cache_key(digest))
-        if api_key is None:
+        if not isinstance(api_key, ApiKey):
             raise
-        logger.warning("database unavailable: %s served from its last lookup", _display(api_key))
+        logger.warning("database unavailable: %s served from its last lookup", api_key)
         return api_key
+    if api_key is None:
+        _unknown_digests.add(digest)
+        return None
     cache.set(_last_known_cache_key(digest), api_key, timeout=LAST_KNOWN_KEY_SECONDS)
+    cache.set(_lookup_cache_key(digest), api_key, timeout=settings.APIKEY_CACHE_SECONDS)
     return api_key
-
-
-def _display(api_key) -> str:
-    return "an unknown key" if api_key == _UNKNOWN else api_key.display_prefix
 
 
 def tenant_for_key(presented: str | None) -> Authenticated:
@@ -284,12 +322,12 @@ def tenant_for_key(presented: str | None) -> Authenticated:
     except apikeys.MalformedKeyError:
         raise MalformedApiKey() from None
     digest = apikeys.key_digest(presented)
-    cache_key = _lookup_cache_key(digest)
-    api_key = cache.get(cache_key)
-    if api_key is None:
+    if digest in _unknown_digests:
+        raise UnknownApiKey()
+    api_key = cache.get(_lookup_cache_key(digest))
+    if not isinstance(api_key, ApiKey):  # not cached (or an entry from an older release)
         api_key = _lookup(digest)
-        cache.set(cache_key, api_key, timeout=settings.APIKEY_CACHE_SECONDS)
-    if api_key == _UNKNOWN:
+    if api_key is None:
         raise UnknownApiKey()
     now = timezone.now()
     state = api_key.state_at(now)
