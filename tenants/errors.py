@@ -32,10 +32,13 @@ class ExpiredApiKey(AuthenticationFailed):
 
 
 class TenantSuspended(PermissionDenied):
+    """The key is valid but its tenant is suspended. The message names no tenant: whoever holds
+    a leaked key learns nothing about whose it is."""
+
     code = "tenant_suspended"
 
-    def __init__(self, slug: str):
-        super().__init__(f"Tenant {slug!r} is suspended. Contact the operator.")
+    def __init__(self):
+        super().__init__("This API key's account is suspended. Contact the operator.")
 
 
 class LastOwner(PlatformError):

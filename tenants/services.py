@@ -336,6 +336,6 @@ def tenant_for_key(presented: str | None) -> Authenticated:
     if state == ApiKey.State.EXPIRED:
         raise ExpiredApiKey(api_key.display_prefix)
     if not api_key.tenant.is_active:
-        raise TenantSuspended(api_key.tenant.slug)
+        raise TenantSuspended()
     _mark_used(api_key, now)
     return Authenticated(tenant=api_key.tenant, api_key=api_key)
