@@ -363,6 +363,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # DRF serves the management API alone: its errors (405, a bad format, ...) in OpenAI's shape
+    # on every view, the public schema's included.
+    "EXCEPTION_HANDLER": "tenants.api_auth.openai_exception_handler",
 }
 # The management API's OpenAPI schema, served at /api/schema (billing/api_schema.py).
 SPECTACULAR_SETTINGS = {
