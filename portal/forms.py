@@ -8,6 +8,7 @@ from django.contrib.auth.forms import PasswordResetForm
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils import timezone
 
+from saas_platform.text import validate_display_name
 from tenants.models import Membership
 
 MAX_USAGE_SPAN_DAYS = 366
@@ -19,8 +20,9 @@ class DateInput(forms.DateInput):
 
 class ApiKeyCreateForm(forms.Form):
     name = forms.CharField(
-        max_length=100, help_text="What uses the key, e.g. “production web app”."
-    )
+        max_length=100, help_text="What uses the key, e.g. “production web app”.",
+        validators=[validate_display_name],
+    )  # fmt: skip
     expires_on = forms.DateField(
         required=False, widget=DateInput, label="Expires on",
         help_text="Optional. The key works through the end of this day (UTC).",

@@ -5,6 +5,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from saas_platform.text import validate_display_name
 from tenants.apikeys import KEY_PREFIX, PREFIX_LENGTH
 from tenants.quotas import (
     BUDGET_DECIMAL_PLACES,
@@ -22,7 +23,9 @@ class Tenant(models.Model):
         SUSPENDED = "suspended", "Suspended"
 
     slug = models.SlugField(max_length=63, unique=True)
-    name = models.CharField("display name", max_length=200, blank=True)
+    name = models.CharField(
+        "display name", max_length=200, blank=True, validators=[validate_display_name]
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -161,7 +164,7 @@ class ApiKey(models.Model):
         REVOKED = "revoked", "Revoked"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
-    name = models.CharField(max_length=100, blank=True)
+    name = models.CharField(max_length=100, blank=True, validators=[validate_display_name])
     prefix = models.CharField(max_length=PREFIX_LENGTH, unique=True, editable=False)
     # SHA-256 of the whole key; the key itself is never stored.
     digest = models.CharField(max_length=64, unique=True, editable=False)

@@ -15,6 +15,7 @@ from django.core.cache import cache
 from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
 
+from saas_platform.text import validate_display_name
 from tenants import apikeys
 from tenants.errors import (
     ExpiredApiKey,
@@ -228,6 +229,7 @@ def apikey_issue(
     *, tenant: Tenant, name: str = "", expires_at: datetime | None = None
 ) -> IssuedKey:
     """Issue a new key for the tenant; the plaintext is returned here once and never again."""
+    validate_display_name(name)
     for _attempt in range(5):
         generated = apikeys.generate_key()
         try:

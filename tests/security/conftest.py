@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from tests.gateway_server import Gateway, gateway_env
@@ -87,6 +88,15 @@ class Sent:
     to: str
     subject: str
     body: str
+
+
+@contextmanager
+def signed_in(base_url: str, username: str, password: str, *, login: str = "/portal/login/"):
+    """An HTTP client signed in to the portal (or, with login="/admin/login/", the admin)."""
+    with httpx.Client(base_url=base_url) as client:
+        answer = post_form(client, login, {"username": username, "password": password})
+        assert answer.status_code == 302, answer.text[:300]
+        yield client
 
 
 def sent_mail(folder) -> list[Sent]:
