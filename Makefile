@@ -18,6 +18,12 @@ PORT ?= 8000
 # Several server processes share limits through Redis; without it, the in-process limiter
 # is only right with one.
 WORKERS ?= $(if $(REDIS_URL),2,1)
+# The server's fixed options (tests/servers.py's gateway_command has the same): the protocol that
+# bounds request heads, keep-alive and connections per worker (saas_platform/http_protocol.py);
+# no WebSockets; forwarded headers are the application's to believe, from TRUSTED_PROXIES only
+# (saas_platform/asgi.py), never uvicorn's (it trusts loopback by default).
+SERVER_OPTIONS := --http saas_platform.http_protocol:BoundedHttpToolsProtocol --ws none \
+	--no-proxy-headers --no-access-log --lifespan off
 
 # Test services on localhost (make test): PostgreSQL and Redis.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/saas_platform
@@ -62,15 +68,23 @@ var/secret_key: | var
 	@$(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(50))' > $@
 	@chmod 600 $@
 
+# Password-reset and invitation emails: printed by `make run` (a demo on this machine); the test
+# harnesses keep them in memory. `make serve` (production) has no default: it needs EMAIL_BACKEND.
+run: export EMAIL_BACKEND ?= django.core.mail.backends.console.EmailBackend
+test bench reliability: export EMAIL_BACKEND ?= django.core.mail.backends.locmem.EmailBackend
+
 run: $(STAMP) $(NODE_STAMP) var/secret_key
 	@export SECRET_KEY="$${SECRET_KEY:-$$(cat var/secret_key)}"; \
 	$(BIN)/python manage.py migrate --no-input -v 0 && \
 	$(BIN)/python manage.py demo_seed --base-url http://$(HOST):$(PORT) && \
 	HOST=$(HOST) PORT=$(PORT) $(MAKE) --no-print-directory serve
 
+# The settings are checked first: with several workers, uvicorn restarts a worker that fails to
+# start instead of stopping, so a bad value would never reach the one-line message.
 serve: $(STAMP) $(NODE_STAMP)
+	@$(BIN)/python manage.py check --fail-level ERROR >/dev/null
 	$(BIN)/uvicorn saas_platform.asgi:application --host "$(HOST)" --port "$(PORT)" \
-		--workers "$(WORKERS)" --no-access-log --lifespan off
+		--workers "$(WORKERS)" $(SERVER_OPTIONS)
 
 services:
 	@scripts/ensure-services

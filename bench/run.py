@@ -34,6 +34,8 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/10")
 ENV = dict(os.environ, DATABASE_URL=DATABASE_URL, REDIS_URL=REDIS_URL,
            SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only-secret"),
            LOG_LEVEL="WARNING", APIKEY_CACHE_SECONDS="60", CATALOG_CACHE_SECONDS="60",
+           EMAIL_BACKEND=os.environ.get("EMAIL_BACKEND",
+                                        "django.core.mail.backends.locmem.EmailBackend"),
            # Streams hold an upstream connection each: the pool must fit the largest N.
            UPSTREAM_MAX_CONNECTIONS="4096")  # fmt: skip
 LEDGER_DATABASE_URL = DATABASE_URL.rsplit("/", 1)[0] + "/saas_bench_ledger"

@@ -24,6 +24,10 @@ the end):
 
 An invoice without lines is the header row alone.
 
+Every text cell that begins with `=`, `+`, `-`, `@`, a tab or a carriage return gets a single
+quote in front (OWASP's rule against CSV formula injection): a spreadsheet would run it as a
+formula. Numbers (token counts, prices, amounts, negative ones too) are written as they are.
+
 Usage CSV (`usage_csv_rows`): the same dialect, one row per ledger row (per request):
 
     request_id         the gateway's request id (x-request-id)
@@ -118,10 +122,32 @@ def export_filename(data: InvoiceData, fmt: str) -> str:
     return f"{data.tenant.slug}-{data.period:%Y-%m}-{what}.{fmt}"
 
 
+# What a spreadsheet takes for the start of a formula (OWASP, "CSV Injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value):
+    """A CSV cell as written: text that a spreadsheet would run as a formula gets a leading
+    single quote; numbers (int, Decimal) and other text pass unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+class _SafeWriter:
+    """csv.writer whose every row goes through spreadsheet_safe: the one way CSVs are written."""
+
+    def __init__(self, out):
+        self._writer = csv.writer(out)
+
+    def writerow(self, values) -> None:
+        self._writer.writerow([spreadsheet_safe(value) for value in values])
+
+
 def invoice_csv(data: InvoiceData) -> bytes:
     """The invoice as CSV: a header row, then one row per line (columns in the module doc)."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = _SafeWriter(out)
     writer.writerow(INVOICE_COLUMNS)
     invoice = [
         "" if _is_draft(data) else data.number,
@@ -130,8 +156,11 @@ def invoice_csv(data: InvoiceData) -> bytes:
         f"{data.period:%Y-%m}",
         data.currency,
     ]
-    for line in _line_dicts(data):
-        writer.writerow([*invoice, *line.values()])
+    for line in data.lines:
+        # Numbers as numbers (Decimal's str is the exact string): only text is neutralised.
+        writer.writerow([*invoice, str(line.kind), line.model_id, line.requests,
+                         line.input_tokens, line.output_tokens, line.input_per_million,
+                         line.output_per_million, line.amount])  # fmt: skip
     return out.getvalue().encode()
 
 
@@ -315,7 +344,7 @@ EXPORTERS = {"csv": invoice_csv, "json": invoice_json, "pdf": invoice_pdf}
 
 def _csv_line(values) -> bytes:
     out = io.StringIO()
-    csv.writer(out).writerow(values)
+    _SafeWriter(out).writerow(values)
     return out.getvalue().encode()
 
 
@@ -343,12 +372,12 @@ def usage_csv_rows(
 def _usage_chunks(rows) -> Iterator[bytes]:
     yield _csv_line(USAGE_COLUMNS)
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = _SafeWriter(out)
     for row in rows.iterator(chunk_size=USAGE_CHUNK_ROWS):
         request_id, at, model, prefix, prompt, completion, status, counted, amount, currency = row
         source = "counted" if counted else "reported"
         writer.writerow([request_id, _iso(at), model, prefix, prompt, completion, status, source,
-                         str(amount), currency])  # fmt: skip
+                         amount, currency])  # fmt: skip
         if out.tell() >= _FLUSH_BYTES:
             yield out.getvalue().encode()
             out.seek(0)

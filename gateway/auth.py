@@ -3,8 +3,8 @@ is refused with one of the key refusals (401 missing, malformed, unknown, revoke
 key; 403 suspended tenant).
 
 Guessing keys is bounded per client address: past AUTH_FAILURES_PER_MINUTE refusals in a
-minute, an address gets 429 without a lookup. The address is the connection's as the server
-sees it (uvicorn believes forwarded headers only from the proxies it is told to trust). The
+minute, an address gets 429 without a lookup. The address is the connection's, or the forwarded
+one when the peer is one of TRUSTED_PROXIES (saas_platform/addresses.py). The
 count is read only when a key is not in this process's memory, so a known key costs nothing.
 """
 

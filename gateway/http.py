@@ -36,7 +36,7 @@ class Request:
     def __init__(self, scope, receive):
         self.method: str = scope["method"]
         self.path: str = scope["path"]
-        # The client's address as the server believes it (forwarded only by trusted proxies).
+        # The client's address as the server believes it (forwarded only by TRUSTED_PROXIES).
         self.client: str = (scope.get("client") or ("unknown", 0))[0]
         self.scheme: str = scope.get("scheme", "http")
         self.headers: dict[bytes, bytes] = dict(scope["headers"])

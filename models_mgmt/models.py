@@ -5,7 +5,7 @@ from django.db import models
 from django.utils import timezone
 
 from models_mgmt.engine_urls import validate_engine_base_url
-from saas_platform.model_ids import MODEL_ID_MAX_LENGTH
+from saas_platform.model_ids import MODEL_ID_CHARACTERS, MODEL_ID_MAX_LENGTH, validate_model_id
 
 FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -27,7 +27,12 @@ class ServedModel(models.Model):
         CHAT = "chat", "Chat and completions"
         EMBEDDINGS = "embeddings", "Embeddings"
 
-    model_id = models.CharField(max_length=MODEL_ID_MAX_LENGTH, unique=True)
+    model_id = models.CharField(
+        max_length=MODEL_ID_MAX_LENGTH,
+        unique=True,
+        validators=[validate_model_id],
+        help_text=f"What clients send as model: {MODEL_ID_CHARACTERS}.",
+    )
     engine = models.CharField(max_length=16, choices=Engine.choices)
     task = models.CharField(max_length=16, choices=Task.choices, default=Task.CHAT)
     # Not a URLField: Django's URL rule refuses single-label hosts (http://gpu-1:8000/v1) and

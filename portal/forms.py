@@ -1,10 +1,14 @@
 from datetime import UTC, date, datetime, timedelta
+from urllib.parse import urlsplit
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils import timezone
 
+from saas_platform.text import validate_display_name
 from tenants.models import Membership
 
 MAX_USAGE_SPAN_DAYS = 366
@@ -16,8 +20,9 @@ class DateInput(forms.DateInput):
 
 class ApiKeyCreateForm(forms.Form):
     name = forms.CharField(
-        max_length=100, help_text="What uses the key, e.g. “production web app”."
-    )
+        max_length=100, help_text="What uses the key, e.g. “production web app”.",
+        validators=[validate_display_name],
+    )  # fmt: skip
     expires_on = forms.DateField(
         required=False, widget=DateInput, label="Expires on",
         help_text="Optional. The key works through the end of this day (UTC).",
@@ -37,9 +42,28 @@ class ApiKeyCreateForm(forms.Form):
         return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
 
 
+# The days a usage period may name: far beyond any usage, and well inside what dates and
+# datetimes can hold (9999-12-31 has no next day to end a period at: it was a 500).
+FIRST_USAGE_DAY = date(2000, 1, 1)
+LAST_USAGE_DAY = date(2099, 12, 31)
+
+
+def _usage_day(label: str, help_text: str = "") -> forms.DateField:
+    outside = f"Pick a day from {FIRST_USAGE_DAY} to {LAST_USAGE_DAY}."
+    return forms.DateField(
+        label=label,
+        help_text=help_text,
+        widget=DateInput(attrs={"min": FIRST_USAGE_DAY, "max": LAST_USAGE_DAY}),
+        validators=[
+            MinValueValidator(FIRST_USAGE_DAY, message=outside),
+            MaxValueValidator(LAST_USAGE_DAY, message=outside),
+        ],
+    )
+
+
 class UsageFilterForm(forms.Form):
-    start = forms.DateField(widget=DateInput, label="From")
-    end = forms.DateField(widget=DateInput, label="To", help_text="Inclusive.")
+    start = _usage_day("From")
+    end = _usage_day("To", help_text="Inclusive.")
     model = forms.ChoiceField(required=False, label="Model")
 
     def __init__(self, *args, models: list[str], **kwargs):
@@ -58,7 +82,7 @@ class UsageFilterForm(forms.Form):
 
 
 class InviteForm(forms.Form):
-    email = forms.EmailField(help_text="They get an email with a link to sign in.")
+    email = forms.EmailField(help_text="They get an email with a link to accept.")
     role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.MEMBER)
 
 
@@ -67,9 +91,19 @@ class RoleForm(forms.Form):
 
 
 class PortalPasswordResetForm(PasswordResetForm):
-    """Django's form skips accounts without a usable password; invited members have none until
-    they follow their invitation, so one who lost the email can still ask for a link."""
+    """Django's form skips accounts without a usable password; members invited before an
+    invitation had to be accepted have none until they set one, so they can still ask for a
+    link. Staff accounts never get one here: a portal form must not hand out the operator's
+    accounts (staff reset passwords in the admin or with `manage.py changepassword`)."""
 
     def get_users(self, email):
-        users = get_user_model()._default_manager.filter(email__iexact=email, is_active=True)
+        users = get_user_model()._default_manager.filter(
+            email__iexact=email, is_active=True, is_staff=False, is_superuser=False
+        )
         return (user for user in users if user.has_usable_password() or user.memberships.exists())
+
+    def save(self, **kwargs):
+        # The link goes to SITE_URL, never to the Host the request came with.
+        site = urlsplit(settings.SITE_URL)
+        kwargs.update(domain_override=site.netloc, use_https=site.scheme == "https")
+        return super().save(**kwargs)

@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, re_path, reverse_lazy
 
 from portal.forms import PortalPasswordResetForm
-from portal.views import account, invoices, keys, members, overview, usage
+from portal.views import account, invitations, invoices, keys, members, overview, usage
 
 app_name = "portal"
 
@@ -45,4 +45,7 @@ urlpatterns = [
     path("members/", members.member_list, name="members"),
     path("members/<int:pk>/role/", members.member_role, name="member_role"),
     path("members/<int:pk>/remove/", members.member_remove, name="member_remove"),
+    path("members/invitations/<int:pk>/cancel/", members.invitation_cancel,
+         name="invitation_cancel"),
+    path("invitations/<str:token>/", invitations.invitation_accept, name="invitation"),
 ]  # fmt: skip

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.servers import SERVER_OPTIONS  # make serve's options, as the tests' servers use
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "reliability"
 LOGS = VAR / "logs"
@@ -187,7 +189,7 @@ def prepare_folders() -> None:
 
 def gateway(name: str, port: int, env: dict) -> Proc:
     command = [str(BIN / "uvicorn"), "saas_platform.asgi:application", "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1", "--no-access-log", "--lifespan", "off",
+               "--port", str(port), "--workers", "1", *SERVER_OPTIONS,
                "--timeout-graceful-shutdown", "2"]  # fmt: skip
     return Proc(name, command, env, ready_url=f"http://127.0.0.1:{port}/healthz")
 

@@ -5,6 +5,7 @@ Every app raises subclasses with a stable `code`; the API turns any of them into
 """
 
 from django.http import JsonResponse
+from django.views import defaults
 
 
 class PlatformError(Exception):
@@ -89,10 +90,46 @@ class ServerError(PlatformError):
     error_type = "server_error"
 
 
-def server_error(request, *args, **kwargs):
-    """handler500: API clients get OpenAI's error shape, people get Django's page."""
-    if request.path.startswith("/api/"):
-        return error_response(ServerError("The server had an error processing your request."))
-    from django.views.defaults import server_error as page
+class NotFound(PlatformError):
+    status = 404
+    code = "unknown_url"
 
-    return page(request, *args, **kwargs)
+
+class BadRequest(PlatformError):
+    status = 400
+    code = "bad_request"
+
+
+# Django's error pages (urls.py's handler400/403/404/500): on the management API, whose
+# clients are programs, every one is OpenAI-shaped JSON like the API's own errors; people get
+# Django's pages everywhere else.
+
+
+def _is_api(request) -> bool:
+    return request.path == "/api" or request.path.startswith("/api/")
+
+
+def bad_request(request, exception=None):
+    if _is_api(request):
+        return error_response(BadRequest("The request could not be understood."))
+    return defaults.bad_request(request, exception)
+
+
+def permission_denied(request, exception=None):
+    if _is_api(request):
+        return error_response(PermissionDenied("You may not do this."))
+    return defaults.permission_denied(request, exception)
+
+
+def page_not_found(request, exception=None):
+    if _is_api(request):
+        return error_response(
+            NotFound(f"Unknown URL: {request.method} {request.path[:200]} (see /api/schema).")
+        )
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request, *args, **kwargs):
+    if _is_api(request):
+        return error_response(ServerError("The server had an error processing your request."))
+    return defaults.server_error(request, *args, **kwargs)

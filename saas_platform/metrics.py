@@ -10,6 +10,7 @@ them across instances, not `sum`.
 """
 
 import functools
+import hmac
 import logging
 import os
 import threading
@@ -31,6 +32,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily
 
+from saas_platform.addresses import address_in
 from saas_platform.redis_clients import sync_client
 
 logger = logging.getLogger(__name__)
@@ -159,11 +161,25 @@ _PLATFORM = CollectorRegistry()
 _PLATFORM.register(_PlatformCollector())
 
 
+def _scraper_allowed(request) -> bool:
+    # The address as TRUSTED_PROXIES decides it (REMOTE_ADDR), and the token when one is set.
+    if not address_in(request.META.get("REMOTE_ADDR"), settings.METRICS_ALLOWED_NETWORKS):
+        return False
+    if not settings.METRICS_TOKEN:
+        return True
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), settings.METRICS_TOKEN.encode()
+    )
+
+
 def metrics_view(request):
     """Prometheus exposition: every process's counters in multiprocess mode, else this one's.
-    Served to METRICS_ALLOWED_IPS (loopback by default) and staff users only."""
-    allowed = request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOWED_IPS
-    if not allowed and not (request.user.is_authenticated and request.user.is_staff):
+    Served to METRICS_ALLOWED_IPS (loopback by default) with METRICS_TOKEN as a bearer token
+    when it is set, and to staff users."""
+    if not _scraper_allowed(request) and not (
+        request.user.is_authenticated and request.user.is_staff
+    ):
         return HttpResponse(status=403)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

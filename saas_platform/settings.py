@@ -9,9 +9,12 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.csp import CSP
 
+from saas_platform.addresses import parse_networks
 from saas_platform.env import env_bool, env_float, env_int, env_list, env_str
 from saas_platform.redis_clients import is_cluster
+from saas_platform.site import parse_site_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -26,9 +29,21 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 
+# --- Proxies: whose X-Forwarded-For and X-Forwarded-Proto are believed (addresses or CIDRs; none
+# by default, so a client's own forwarded headers change nothing). saas_platform/addresses.py.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+TRUSTED_PROXY_NETWORKS = parse_networks("TRUSTED_PROXIES", TRUSTED_PROXIES)
+if env_str("TRUST_X_FORWARDED_PROTO"):
+    raise ImproperlyConfigured(
+        "TRUST_X_FORWARDED_PROTO is no longer read: set TRUSTED_PROXIES to the proxy's address, "
+        "whose X-Forwarded-Proto is then believed"
+    )
+
 # --- HTTPS. Off by default so that `make run` on http://127.0.0.1 can sign people in; HTTPS=1
 # (behind TLS) redirects plain HTTP, sends HSTS and keeps the session and CSRF cookies off plain
-# HTTP. Behind a proxy that ends TLS, TRUST_X_FORWARDED_PROTO=1 believes its X-Forwarded-Proto.
+# HTTP. Behind a proxy that ends TLS, its X-Forwarded-Proto makes a request secure when the
+# proxy is one of TRUSTED_PROXIES (the ASGI scheme, which Django reads: no
+# SECURE_PROXY_SSL_HEADER, which would believe the header from anyone).
 HTTPS = env_bool("HTTPS", default=False)
 SECURE_SSL_REDIRECT = HTTPS
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]  # load balancers probe over plain HTTP
@@ -37,13 +52,18 @@ CSRF_COOKIE_SECURE = HTTPS
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if HTTPS else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=HTTPS)
-if env_bool("TRUST_X_FORWARDED_PROTO", default=False):
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 # Origins (https://portal.example.com) allowed to POST forms when they differ from the host.
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 HOST = env_str("HOST", "127.0.0.1")
 PORT = env_int("PORT", 8000, minimum=1)
+# The address people reach the site at, for the links in emails (saas_platform/site.py); never
+# the request's Host. `check --deploy` warns while it is unset.
+SITE_URL_IS_SET = bool(env_str("SITE_URL"))
+_served_at = f"[{HOST}]" if ":" in HOST else HOST
+SITE_URL = parse_site_url(
+    "SITE_URL", env_str("SITE_URL") or f"{'https' if HTTPS else 'http'}://{_served_at}:{PORT}"
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -68,6 +88,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every page (SECURE_CSP below).
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -80,6 +102,25 @@ MIDDLEWARE = [
     # Counts failed sign-ins (portal and admin) and locks out after LOGIN_FAILURE_LIMIT.
     "axes.middleware.AxesMiddleware",
 ]
+
+# --- Content-Security-Policy of the portal's and the admin's pages (Django's own middleware,
+# which django-csp became): scripts, styles, images and requests from this site only, nothing
+# framed, no plugins. Every script is a file (htmx, Chart.js, ours; chart data is JSON in
+# <script type="application/json">, which is not run), so no inline script ever runs: an
+# injected one is refused. Inline styles are allowed: htmx adds a <style> for its request
+# indicators, and meters and bars set their widths in style attributes; styles cannot run code.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+    "img-src": [CSP.SELF, "data:"],
+    "font-src": [CSP.SELF],
+    "connect-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.SELF],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
 
 ROOT_URLCONF = "saas_platform.urls"
 ASGI_APPLICATION = "saas_platform.asgi.application"
@@ -238,10 +279,24 @@ DEFAULT_MAX_TOKENS_RESERVATION = env_int("DEFAULT_MAX_TOKENS_RESERVATION", 1024,
 MAX_TOKENS_LIMIT = env_int("MAX_TOKENS_LIMIT", 131072, minimum=1)
 # Largest request body the inference endpoints take (413 above it).
 INFERENCE_MAX_BODY_BYTES = env_int("INFERENCE_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = INFERENCE_MAX_BODY_BYTES
+# Largest request body every other path takes (the portal's and admin's forms, /api/, /healthz):
+# 413 from the declared length before anything is read, or once a chunked body passes it
+# (saas_platform/body_guard.py). Django's own limits match, so what passes is held in memory,
+# never spooled to disk.
+REQUEST_MAX_BODY_BYTES = env_int("REQUEST_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BODY_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BODY_BYTES
 # Seconds a client has to send its whole request body (408 after), so a slow one cannot hold a
 # connection and its buffer for ever (saas_platform/body_guard.py).
 REQUEST_BODY_TIMEOUT_SECONDS = env_int("REQUEST_BODY_TIMEOUT_SECONDS", 60, minimum=1)
+# Seconds a connection has to deliver a complete request head, from when it opens and from the
+# end of each response (so also the keep-alive idle time); then it is closed
+# (saas_platform/http_protocol.py). A client sending nothing, or a header line now and then,
+# cannot hold a connection.
+REQUEST_HEADER_TIMEOUT_SECONDS = env_int("REQUEST_HEADER_TIMEOUT_SECONDS", 10, minimum=1)
+# Connections one server process serves at once (requests past it get 503 with Retry-After).
+# Long streams hold theirs for minutes: room for a few thousand per process.
+MAX_CONNECTIONS_PER_WORKER = env_int("MAX_CONNECTIONS_PER_WORKER", 4096, minimum=1)
 # Upstream engines: one pooled async HTTP client per process.
 UPSTREAM_CONNECT_TIMEOUT = env_int("UPSTREAM_CONNECT_TIMEOUT", 5, minimum=1)
 UPSTREAM_READ_TIMEOUT = env_int("UPSTREAM_READ_TIMEOUT", 120, minimum=1)
@@ -255,7 +310,8 @@ CATALOG_CACHE_SECONDS = env_int("CATALOG_CACHE_SECONDS", 5, minimum=0)
 # Threads the local engine's CPU model uses in each server process (0: llama.cpp's default).
 LOCAL_ENGINE_THREADS = env_int("LOCAL_ENGINE_THREADS", 0, minimum=0)
 
-# Addresses that may read /metrics without signing in as staff.
+# Addresses (or CIDRs) that may read /metrics without signing in as staff, and a bearer token
+# they must also present when it is set.
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 # Figures of the whole platform that /metrics reads when it is scraped, and the checks of
 # GET /readyz beyond the database and Redis: named here, since the project package imports
@@ -265,6 +321,8 @@ METRICS_COLLECTORS = [
     "models_mgmt.node_metrics.node_memory_collector",
 ]
 READINESS_CHECKS = {"ledger": "billing.ledger_lag.ledger_readiness"}
+METRICS_ALLOWED_NETWORKS = parse_networks("METRICS_ALLOWED_IPS", METRICS_ALLOWED_IPS)
+METRICS_TOKEN = env_str("METRICS_TOKEN")
 
 # --- Tenants.
 # What the tenants' model allow lists are checked against: a function from model ids to those
@@ -300,6 +358,8 @@ AUTHENTICATION_BACKENDS = [
 AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+# The address as TRUSTED_PROXIES decides it, never a header of the client's choosing.
+AXES_CLIENT_IP_CALLABLE = "saas_platform.addresses.client_address"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "portal/locked_out.html"
 # Its start-up banner would land on every management command's stderr, where scripts expect
@@ -308,9 +368,19 @@ AXES_VERBOSE = False
 # Attempts are kept in the database (django-axes' default), where staff see and clear lockouts
 # in the admin; `manage.py axes_reset` clears them all.
 
-# --- Email (password resets, member invitations): printed on the console unless a server is
-# configured, so a fresh `make run` can show the flow without one.
-_mail_backend = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+# --- Email (password resets, member invitations). The emails carry links that sign a person in:
+# printed on the console, they would land in the server's log. So the console is the default
+# only with DJANGO_DEBUG=1 (`make run` sets it explicitly); otherwise EMAIL_BACKEND must say.
+_CONSOLE_MAIL = "django.core.mail.backends.console.EmailBackend"
+_mail_backend = env_str("EMAIL_BACKEND")
+if not _mail_backend:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "EMAIL_BACKEND is required unless DJANGO_DEBUG=1: password-reset and invitation "
+            "links must not go to the server's log. Use django.core.mail.backends.smtp."
+            f"EmailBackend (with EMAIL_HOST...), or {_CONSOLE_MAIL} if that is really meant"
+        )
+    _mail_backend = _CONSOLE_MAIL
 if _mail_backend.endswith("smtp.EmailBackend"):
     _mail_options = {
         "host": env_str("EMAIL_HOST", "localhost"),
@@ -359,6 +429,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # DRF serves the management API alone: its errors (405, a bad format, ...) in OpenAI's shape
+    # on every view, the public schema's included.
+    "EXCEPTION_HANDLER": "tenants.api_auth.openai_exception_handler",
 }
 # The management API's OpenAPI schema, served at /api/schema (billing/api_schema.py).
 SPECTACULAR_SETTINGS = {

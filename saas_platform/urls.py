@@ -20,4 +20,7 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
 ]
 
+handler400 = "saas_platform.errors.bad_request"
+handler403 = "saas_platform.errors.permission_denied"
+handler404 = "saas_platform.errors.page_not_found"
 handler500 = "saas_platform.errors.server_error"

@@ -6,10 +6,14 @@ revoke: their secret is never shown after creation and their digest never.
 """
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.forms import UserChangeForm, UserCreationForm
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.html import format_html
 
+from saas_platform.text import validate_display_name
 from tenants import services
 from tenants.models import ApiKey, Membership
 
@@ -118,3 +122,40 @@ class MembershipAdmin(admin.ModelAdmin):
     def delete_queryset(self, request, queryset):
         for membership in queryset.select_related("tenant"):
             services.membership_remove(membership=membership)
+
+
+# --- people: the accounts members sign in with -----------------------------------------------
+
+
+class _CheckedNames:
+    """Account names reach other members' pages and emails: no control or text-direction
+    characters (saas_platform/text.py). Usernames already allow only letters, digits and
+    @.+-_ (Django's validator)."""
+
+    def _clean_name(self, field: str) -> str:
+        value = self.cleaned_data.get(field) or ""
+        validate_display_name(value)
+        return value
+
+    def clean_first_name(self):
+        return self._clean_name("first_name")
+
+    def clean_last_name(self):
+        return self._clean_name("last_name")
+
+
+class MemberChangeForm(_CheckedNames, UserChangeForm):
+    pass
+
+
+class MemberCreationForm(_CheckedNames, UserCreationForm):
+    pass
+
+
+admin.site.unregister(get_user_model())
+
+
+@admin.register(get_user_model())
+class MemberUserAdmin(UserAdmin):
+    form = MemberChangeForm
+    add_form = MemberCreationForm

@@ -32,10 +32,13 @@ class ExpiredApiKey(AuthenticationFailed):
 
 
 class TenantSuspended(PermissionDenied):
+    """The key is valid but its tenant is suspended. The message names no tenant: whoever holds
+    a leaked key learns nothing about whose it is."""
+
     code = "tenant_suspended"
 
-    def __init__(self, slug: str):
-        super().__init__(f"Tenant {slug!r} is suspended. Contact the operator.")
+    def __init__(self):
+        super().__init__("This API key's account is suspended. Contact the operator.")
 
 
 class LastOwner(PlatformError):
@@ -46,3 +49,45 @@ class LastOwner(PlatformError):
 
     def __init__(self, slug: str):
         super().__init__(f"{slug!r} needs at least one owner: make someone else owner first.")
+
+
+class InvitationRefused(PlatformError):
+    """An invitation that cannot be made or accepted; the message says why."""
+
+    status = 400
+    code = "invitation_refused"
+
+
+class StaffNotInvitable(InvitationRefused):
+    code = "staff_not_invitable"
+
+    def __init__(self):
+        super().__init__(
+            "This address belongs to an operator account; operators are added to tenants in "
+            "the admin, not invited."
+        )
+
+
+class AlreadyMember(InvitationRefused):
+    code = "already_member"
+
+    def __init__(self):
+        super().__init__("They are already a member.")
+
+
+class InvitationNotOpen(InvitationRefused):
+    status = 404
+    code = "invitation_not_open"
+
+    def __init__(self):
+        super().__init__("This invitation has expired, was cancelled or was already used.")
+
+
+class InvitationForSomeoneElse(InvitationRefused):
+    status = 403
+    code = "invitation_for_someone_else"
+
+    def __init__(self, email: str):
+        super().__init__(
+            f"This invitation is for {email}: sign in with the account of that address."
+        )

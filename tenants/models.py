@@ -1,10 +1,11 @@
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from saas_platform.text import validate_display_name
 from tenants.apikeys import KEY_PREFIX, PREFIX_LENGTH
 from tenants.quotas import (
     BUDGET_DECIMAL_PLACES,
@@ -22,7 +23,9 @@ class Tenant(models.Model):
         SUSPENDED = "suspended", "Suspended"
 
     slug = models.SlugField(max_length=63, unique=True)
-    name = models.CharField("display name", max_length=200, blank=True)
+    name = models.CharField(
+        "display name", max_length=200, blank=True, validators=[validate_display_name]
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -105,6 +108,50 @@ class Membership(models.Model):
         return f"{self.user} in {self.tenant} ({self.role})"
 
 
+class InvitationQuerySet(models.QuerySet):
+    def open_at(self, moment: datetime) -> "InvitationQuerySet":
+        """Not accepted and not expired at `moment`."""
+        issued_after = moment - timedelta(seconds=settings.PASSWORD_RESET_TIMEOUT)
+        return self.filter(accepted_at__isnull=True, created_at__gt=issued_after)
+
+
+class Invitation(models.Model):
+    """An owner's offer of a membership to an email address. Nothing changes until the person
+    at that address follows the emailed link and accepts, signed in with an account of that
+    address (or making one); it works once, for PASSWORD_RESET_TIMEOUT. Only the link's SHA-256
+    is kept."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Membership.Role.choices,
+                            default=Membership.Role.MEMBER)  # fmt: skip
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    accepted_at = models.DateTimeField(null=True, blank=True, editable=False)
+    accepted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+", editable=False,
+    )  # fmt: skip
+
+    objects = InvitationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.tenant} ({self.role})"
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.created_at + timedelta(seconds=settings.PASSWORD_RESET_TIMEOUT)
+
+    def is_open_at(self, moment: datetime) -> bool:
+        return self.accepted_at is None and moment < self.expires_at
+
+
 class ApiKeyQuerySet(models.QuerySet):
     def for_digest(self, digest: str) -> "ApiKey | None":
         return self.select_related("tenant").filter(digest=digest).first()
@@ -117,7 +164,7 @@ class ApiKey(models.Model):
         REVOKED = "revoked", "Revoked"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
-    name = models.CharField(max_length=100, blank=True)
+    name = models.CharField(max_length=100, blank=True, validators=[validate_display_name])
     prefix = models.CharField(max_length=PREFIX_LENGTH, unique=True, editable=False)
     # SHA-256 of the whole key; the key itself is never stored.
     digest = models.CharField(max_length=64, unique=True, editable=False)

@@ -4,15 +4,18 @@ Views, the admin, the CLI and the gateway all call these; nothing else writes th
 """
 
 import logging
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
 
+from saas_platform.text import validate_display_name
 from tenants import apikeys
 from tenants.errors import (
     ExpiredApiKey,
@@ -29,7 +32,6 @@ from tenants.quotas import TenantConfig, validate_tenant_config
 logger = logging.getLogger(__name__)
 
 CONFIG_FIELDS = tuple(TenantConfig.__dataclass_fields__)
-_UNKNOWN = "unknown"  # cached for digests that match no key, so guessing costs no query
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,41 @@ def _last_known_cache_key(digest: str) -> str:
 # How long the database's last answer for a key may stand in for it while the database is
 # unreachable (a restart, a failover), so that known keys keep being served meanwhile.
 LAST_KNOWN_KEY_SECONDS = 3600
+
+
+class _UnknownDigests:
+    """Digests that matched no key, remembered by this process alone, for APIKEY_CACHE_SECONDS
+    and at most `size` of them. Keys with a valid checksum are free to invent: each used to
+    leave two entries in the shared cache (one for an hour). Now an invented key costs at most
+    one query per process, and memory here is bounded."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._until: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()  # the gateway looks keys up from a thread pool
+
+    def __contains__(self, digest: str) -> bool:
+        with self._lock:
+            until = self._until.get(digest)
+            if until is None:
+                return False
+            if until < time.monotonic():
+                del self._until[digest]
+                return False
+            return True
+
+    def add(self, digest: str) -> None:
+        seconds = settings.APIKEY_CACHE_SECONDS
+        if seconds <= 0:
+            return
+        with self._lock:
+            self._until[digest] = time.monotonic() + seconds
+            self._until.move_to_end(digest)
+            while len(self._until) > self._size:
+                self._until.popitem(last=False)
+
+
+_unknown_digests = _UnknownDigests(size=10_000)
 
 
 def _forget_keys(keys) -> None:
@@ -179,28 +216,6 @@ def membership_set(*, tenant: Tenant, user, role: str = Membership.Role.MEMBER) 
 
 
 @transaction.atomic
-def membership_invite(
-    *, tenant: Tenant, email: str, role: str = Membership.Role.MEMBER
-) -> tuple[Membership, bool]:
-    """Make the user with this email a member, creating the account (with no usable password
-    until they set one through the emailed link) when there is none. Returns the membership and
-    whether the account is new. Sending the email is the caller's (it knows the site's URL)."""
-    user_model = get_user_model()
-    email = user_model.objects.normalize_email(email.strip())
-    user = user_model.objects.filter(email__iexact=email).order_by("pk").first()
-    created = user is None
-    if created:
-        user = user_model.objects.create_user(username=email.lower(), email=email)
-        user.set_unusable_password()
-        user.save(update_fields=["password"])
-    membership, _ = Membership.objects.get_or_create(
-        tenant=tenant, user=user, defaults={"role": role}
-    )
-    logger.info("member invited to %s: user %s", tenant.slug, user.pk)
-    return membership, created
-
-
-@transaction.atomic
 def membership_remove(*, membership: Membership) -> None:
     """Take a user out of a tenant (never its last owner). Their account stays."""
     _ensure_another_owner(membership.tenant, membership)
@@ -214,6 +229,7 @@ def apikey_issue(
     *, tenant: Tenant, name: str = "", expires_at: datetime | None = None
 ) -> IssuedKey:
     """Issue a new key for the tenant; the plaintext is returned here once and never again."""
+    validate_display_name(name)
     for _attempt in range(5):
         generated = apikeys.generate_key()
         try:
@@ -278,23 +294,24 @@ def _mark_used(api_key: ApiKey, now: datetime) -> None:
         api_key.last_used_at = now
 
 
-def _lookup(digest: str):
-    """The key with this digest from the database; while the database is unreachable, its last
-    answer (revocation and suspension delete that too), else the database's error."""
+def _lookup(digest: str) -> ApiKey | None:
+    """The key with this digest from the database (None: no such key); while the database is
+    unreachable, its last answer for a key that exists (revocation and suspension delete that
+    too), else the database's error. Only keys that exist are kept in the shared cache."""
     try:
-        api_key = ApiKey.objects.for_digest(digest) or _UNKNOWN
+        api_key = ApiKey.objects.for_digest(digest)
     except DatabaseError:
         api_key = cache.get(_last_known_cache_key(digest))
-        if api_key is None:
+        if not isinstance(api_key, ApiKey):
             raise
-        logger.warning("database unavailable: %s served from its last lookup", _display(api_key))
+        logger.warning("database unavailable: %s served from its last lookup", api_key)
         return api_key
+    if api_key is None:
+        _unknown_digests.add(digest)
+        return None
     cache.set(_last_known_cache_key(digest), api_key, timeout=LAST_KNOWN_KEY_SECONDS)
+    cache.set(_lookup_cache_key(digest), api_key, timeout=settings.APIKEY_CACHE_SECONDS)
     return api_key
-
-
-def _display(api_key) -> str:
-    return "an unknown key" if api_key == _UNKNOWN else api_key.display_prefix
 
 
 def tenant_for_key(presented: str | None) -> Authenticated:
@@ -307,12 +324,12 @@ def tenant_for_key(presented: str | None) -> Authenticated:
     except apikeys.MalformedKeyError:
         raise MalformedApiKey() from None
     digest = apikeys.key_digest(presented)
-    cache_key = _lookup_cache_key(digest)
-    api_key = cache.get(cache_key)
-    if api_key is None:
+    if digest in _unknown_digests:
+        raise UnknownApiKey()
+    api_key = cache.get(_lookup_cache_key(digest))
+    if not isinstance(api_key, ApiKey):  # not cached (or an entry from an older release)
         api_key = _lookup(digest)
-        cache.set(cache_key, api_key, timeout=settings.APIKEY_CACHE_SECONDS)
-    if api_key == _UNKNOWN:
+    if api_key is None:
         raise UnknownApiKey()
     now = timezone.now()
     state = api_key.state_at(now)
@@ -321,6 +338,6 @@ def tenant_for_key(presented: str | None) -> Authenticated:
     if state == ApiKey.State.EXPIRED:
         raise ExpiredApiKey(api_key.display_prefix)
     if not api_key.tenant.is_active:
-        raise TenantSuspended(api_key.tenant.slug)
+        raise TenantSuspended()
     _mark_used(api_key, now)
     return Authenticated(tenant=api_key.tenant, api_key=api_key)

@@ -1,20 +1,24 @@
-"""Members of the tenant, for its owners: invite by email, change role, remove."""
+"""Members of the tenant, for its owners: invite by email (the person accepts from the emailed
+link: portal/views/invitations.py), cancel an invitation, change role, remove."""
 
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from portal.access import member_required
 from portal.forms import InviteForm, RoleForm
 from portal.invitations import invitation_send
-from tenants import services
-from tenants.errors import LastOwner
-from tenants.models import Membership
+from tenants import invitations, services
+from tenants.errors import InvitationRefused, LastOwner
+from tenants.models import Invitation, Membership
 
 
 def _members_page(request, form, *, status=200):
     memberships = request.tenant.memberships.select_related("user").order_by("user__email")
-    context = {"form": form, "memberships": memberships, "roles": Membership.Role.choices}
+    pending = request.tenant.invitations.open_at(timezone.now()).order_by("email")
+    context = {"form": form, "memberships": memberships, "roles": Membership.Role.choices,
+               "invitations": pending}  # fmt: skip
     return render(request, "portal/members.html", context, status=status)
 
 
@@ -27,14 +31,25 @@ def member_list(request):
     if not form.is_valid():
         return _members_page(request, form, status=400)
     email = form.cleaned_data["email"]
-    if request.tenant.memberships.filter(user__email__iexact=email).exists():
-        form.add_error("email", "They are already a member.")
+    try:
+        issued = invitations.invitation_create(tenant=request.tenant, email=email,
+                                               role=form.cleaned_data["role"],
+                                               invited_by=request.user)  # fmt: skip
+    except InvitationRefused as error:
+        form.add_error("email", error.message)
         return _members_page(request, form, status=400)
-    membership, created = services.membership_invite(
-        tenant=request.tenant, email=email, role=form.cleaned_data["role"]
-    )
-    invitation_send(request, membership=membership, new_account=created, invited_by=request.user)
-    messages.success(request, f"Invited {email}; they have an email with a link to sign in.")
+    invitation_send(issued, invited_by=request.user)
+    messages.success(request, f"Invited {email}: they join once they accept the emailed link.")
+    return redirect("portal:members")
+
+
+@require_POST
+@member_required(owner=True)
+def invitation_cancel(request, pk: int):
+    invitation = get_object_or_404(Invitation, pk=pk, tenant=request.tenant,
+                                   accepted_at__isnull=True)  # fmt: skip
+    invitations.invitation_cancel(invitation=invitation)
+    messages.success(request, f"The invitation to {invitation.email} is cancelled.")
     return redirect("portal:members")
 
 

@@ -1,6 +1,6 @@
 """deploy/nginx.conf: `nginx -t` passes on the example (with a certificate of its own in place of
 the example's paths), and nginx run from it in front of a gateway with the matching settings
-(HTTPS=1, TRUST_X_FORWARDED_PROTO=1) ends TLS, moves plain HTTP to HTTPS but for the health
+(HTTPS=1, TRUSTED_PROXIES=127.0.0.1) ends TLS, moves plain HTTP to HTTPS but for the health
 checks, keeps /metrics in, and overwrites X-Forwarded-For: a client cannot name another address."""
 
 import subprocess
@@ -93,7 +93,7 @@ def proxied(transactional_db, tmp_path):
     )
     env = gateway_env(
         HTTPS="1",
-        TRUST_X_FORWARDED_PROTO="1",
+        TRUSTED_PROXIES="127.0.0.1",
         ALLOWED_HOSTS=HOST,
         CSRF_TRUSTED_ORIGINS=f"https://{HOST}",
     )

@@ -57,7 +57,16 @@ def test_the_gateway_runs_make_serves_command_and_the_workers_the_readmes():
     node = _exec_start("platform-node@.service")
 
     assert gateway[:2] == [f"{INSTALLED_AT}/.venv/bin/uvicorn", "saas_platform.asgi:application"]
-    assert serve_options == {"--host", "--port", "--workers", "--no-access-log", "--lifespan"}
+    makefile = (ROOT / "Makefile").read_text()
+    shared = re.search(r"^SERVER_OPTIONS := ((?:.*\\\n)*.*)$", makefile, re.M)[1]
+    serve_options |= set(re.findall(r"--[a-z-]+", shared))
+    assert {
+        "--host",
+        "--port",
+        "--workers",
+        "--no-access-log",
+        "--no-proxy-headers",
+    } <= serve_options
     assert serve_options <= set(gateway)
     assert ledger[1:5] == ["-A", "saas_platform", "worker", "-B"]
     assert node[1:6] == ["-A", "saas_platform", "worker", "-Q", "node.%i"]
@@ -69,7 +78,7 @@ def test_the_environment_file_names_only_settings_the_platform_reads():
     known = set(
         re.findall(r'env_\w+\(\s*"([A-Z_]+)"', (ROOT / "saas_platform/settings.py").read_text())
     )
-    known |= {"HOST", "PORT", "WORKERS", "PROMETHEUS_MULTIPROC_DIR", "FORWARDED_ALLOW_IPS"}
+    known |= {"HOST", "PORT", "WORKERS", "PROMETHEUS_MULTIPROC_DIR"}
     example = (UNITS / "platform.env.example").read_text()
     named = set(re.findall(r"^#?([A-Z_]+)=", example, re.M))
 
@@ -80,7 +89,7 @@ def test_the_environment_file_names_only_settings_the_platform_reads():
         "CELERY_BROKER_URL",
         "SECRET_KEY",
         "HTTPS",
-        "TRUST_X_FORWARDED_PROTO",
+        "TRUSTED_PROXIES",
         "OPERATOR_EMAILS",
     } <= named
     for unit in UNITS.glob("*.service"):

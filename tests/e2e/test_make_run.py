@@ -14,7 +14,9 @@ from tests.servers import ROOT, free_port, running
 
 def test_make_run_seeds_serves_and_its_printed_examples_work(tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    # As a new user types it: no EMAIL_BACKEND either (make run prints emails by itself).
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("REDIS_URL", "DATABASE_URL", "EMAIL_BACKEND")}  # fmt: skip
     env.update(
         DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
         USAGE_NDJSON_PATH=str(tmp_path / "usage.ndjson"),
@@ -56,7 +58,8 @@ def test_make_run_seeds_serves_and_its_printed_examples_work(tmp_path):
     ledger = subprocess.run(
         [str(ROOT / ".venv/bin/python"), "manage.py", "shell", "-c",
          "from billing.models import UsageRecord; print(UsageRecord.objects.count())"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT, env=dict(env, EMAIL_BACKEND="django.core.mail.backends.console.EmailBackend"),
+        capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert ledger.stdout.strip().splitlines()[-1] == "2", ledger.stderr
 

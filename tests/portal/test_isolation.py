@@ -9,7 +9,8 @@ from django.utils import timezone
 
 from billing.invoices import invoice_close
 from tenants import services
-from tenants.models import ApiKey, Membership
+from tenants.invitations import invitation_create
+from tenants.models import ApiKey, Invitation, Membership
 from tests.billing.factories import event, store
 
 pytestmark = pytest.mark.django_db
@@ -19,6 +20,8 @@ URLS_WITHOUT_OBJECTS = {
     "", "login/", "logout/", "tenants/", "password/change/", "password/change/done/",
     "password/reset/", "password/reset/sent/", "password/reset/<uidb64>/<token>/",
     "password/reset/complete/", "keys/", "usage/", "usage.csv", "invoices/", "members/",
+    # Addressed by the emailed token, for whoever holds it (tests/security/test_invitations.py).
+    "invitations/<str:token>/",
 }  # fmt: skip
 URLS_WITH_OBJECTS = {
     "keys/<int:pk>/revoke/": ("POST", "key"),
@@ -27,6 +30,7 @@ URLS_WITH_OBJECTS = {
     "^invoices/(?P<ref>[^/]+)/(?P<fmt>pdf|csv|json)$": ("GET", "invoice-file"),
     "members/<int:pk>/role/": ("POST", "membership"),
     "members/<int:pk>/remove/": ("POST", "membership"),
+    "members/invitations/<int:pk>/cancel/": ("POST", "invitation"),
 }
 
 
@@ -46,7 +50,8 @@ def globex_objects(globex, charlie):
     store(event(globex, at=datetime(last_month.year, last_month.month, 3, tzinfo=UTC)))
     invoice = invoice_close(tenant=globex, period=last_month)
     membership = Membership.objects.get(tenant=globex, user=charlie)
-    return {"key": key, "invoice": invoice, "membership": membership}
+    invitation = invitation_create(tenant=globex, email="dave@example.com").invitation
+    return {"key": key, "invoice": invoice, "membership": membership, "invitation": invitation}
 
 
 def _paths(objects) -> list[tuple[str, str]]:
@@ -60,12 +65,13 @@ def _paths(objects) -> list[tuple[str, str]]:
         ("GET", f"/portal/invoices/{invoice.number}/json"),
         ("POST", f"/portal/members/{member.pk}/role/"),
         ("POST", f"/portal/members/{member.pk}/remove/"),
+        ("POST", f"/portal/members/invitations/{objects['invitation'].pk}/cancel/"),
     ]
 
 
 def test_another_tenants_objects_are_404_on_every_url(alice_client, acme, globex_objects):
     assert {kind for _, kind in URLS_WITH_OBJECTS.values()} == {
-        "key", "invoice", "invoice-file", "membership"}  # fmt: skip
+        "key", "invoice", "invoice-file", "membership", "invitation"}  # fmt: skip
     for method, path in _paths(globex_objects):
         data = {"role": "member"} if "role" in path else {}
         response = alice_client.generic(method, path, data=data) if method == "GET" else \
@@ -75,6 +81,7 @@ def test_another_tenants_objects_are_404_on_every_url(alice_client, acme, globex
     assert key.revoked_at is None
     assert key.replaced_by is None
     assert Membership.objects.get(pk=globex_objects["membership"].pk).role == "owner"
+    assert Invitation.objects.filter(pk=globex_objects["invitation"].pk).exists()
 
 
 def test_pages_never_show_another_tenants_objects(alice_client, acme, globex_objects):

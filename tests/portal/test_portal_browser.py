@@ -18,9 +18,10 @@ from billing.ledger import ledger_drain
 from billing.models import UsageRecord
 from billing.pricing import price_set
 from tenants import services
+from tenants.invitations import invitation_create
 from tenants.models import Membership
 from tests.billing.factories import event, store
-from tests.browser import assert_accessible, screenshot, sign_in
+from tests.browser import assert_accessible, open_page, screenshot, sign_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -165,3 +166,32 @@ def test_pages_fit_a_phone_screen(page, gateway, member):
         assert overflow <= 0, (path, overflow)
         assert_accessible(page)
         screenshot(page, f"portal-phone-{name}")
+
+
+def test_an_owner_invites_and_the_invited_person_accepts(page, browser, gateway, member):
+    sign_in(page, "peter", "tps-report-9")
+    page.get_by_role("link", name="Members").click()
+    page.get_by_label("Email").fill("milton@initech.example")
+    page.get_by_role("button", name="Send invitation").click()
+    expect(page.get_by_text("they join once they accept the emailed link")).to_be_visible()
+    expect(page.get_by_role("cell", name="milton@initech.example", exact=True)).to_be_visible()
+    screenshot(page, "portal-members-invited")
+    assert_accessible(page)
+    assert not get_user_model().objects.filter(email="milton@initech.example").exists()
+
+    # The emailed link (the session's server keeps its mail in memory: a second invitation
+    # made here, which replaces the first, gives the test its token).
+    issued = invitation_create(tenant=member, email="milton@initech.example")
+    with open_page(browser, gateway.url) as invited:
+        invited.goto(f"/portal/invitations/{issued.token}/")
+        expect(invited.get_by_role("heading", name="Join Initech")).to_be_visible()
+        screenshot(invited, "portal-invitation")
+        assert_accessible(invited)
+        invited.get_by_label("New password", exact=True).fill("red-stapler-1979")
+        invited.get_by_label("New password confirmation").fill("red-stapler-1979")
+        invited.get_by_role("button", name="Make my account and join").click()
+        expect(invited.get_by_text("You are now a member of Initech.")).to_be_visible()
+        expect(invited.get_by_role("heading", name="Initech")).to_be_visible()
+
+    milton = get_user_model().objects.get(email="milton@initech.example")
+    assert Membership.objects.get(tenant=member, user=milton).role == Membership.Role.MEMBER

@@ -213,24 +213,39 @@ def test_only_owners_manage_members(client, bob, acme):
     assert b"/portal/members/" not in client.get("/portal/").content
 
 
-def test_inviting_a_new_person_emails_a_link_that_sets_their_password(client, alice, acme):
+def test_inviting_a_new_person_emails_a_link_that_makes_their_account(client, alice, acme):
     sign_in_client(client, alice, acme)
     response = client.post("/portal/members/", {"email": "Dana@Example.com", "role": "member"})
     assert response.status_code == 302
-    dana = get_user_model().objects.get(email__iexact="dana@example.com")
-    assert not dana.has_usable_password()
-    assert Membership.objects.filter(tenant=acme, user=dana, role="member").exists()
+    # Nothing exists until Dana accepts: no account, no membership.
+    assert not get_user_model().objects.filter(email__iexact="dana@example.com").exists()
     (message,) = mail.outbox
     assert message.to == ["Dana@example.com"]
-    link = re.search(r"http://testserver(/portal/password/reset/\S+)", message.body).group(1)
+    link = re.search(r"http://127\.0\.0\.1:8000(/portal/invitations/\S+/)", message.body).group(1)
     client.logout()
-    form = client.get(link, follow=True)
-    assert b"Choose a new password" in form.content
+    form = client.get(link)
+    assert b"Choose a password for your new account" in form.content
     passwords = {"new_password1": "a-long-pass-phrase-42", "new_password2": "a-long-pass-phrase-42"}
-    done = client.post(form.request["PATH_INFO"], passwords)
+    done = client.post(link, passwords)
     assert done.status_code == 302
-    dana.refresh_from_db()
+    dana = get_user_model().objects.get(email__iexact="dana@example.com")
     assert dana.check_password("a-long-pass-phrase-42")
+    assert Membership.objects.filter(tenant=acme, user=dana, role="member").exists()
+    assert client.get("/portal/").status_code == 200  # signed in, in acme
+    assert client.post(link, passwords).status_code == 404  # the link worked once
+
+
+def test_an_owner_sees_and_cancels_an_open_invitation(client, alice, acme):
+    sign_in_client(client, alice, acme)
+    client.post("/portal/members/", {"email": "gus@example.com", "role": "owner"})
+    page = client.get("/portal/members/").content.decode()
+    assert "gus@example.com" in page
+    invitation = acme.invitations.get()
+    client.post(f"/portal/members/invitations/{invitation.pk}/cancel/")
+    assert not acme.invitations.exists()
+    link = re.search(r"(/portal/invitations/\S+/)", mail.outbox[0].body).group(1)
+    client.logout()
+    assert client.get(link).status_code == 404
 
 
 def test_inviting_someone_already_in_is_a_form_error(client, alice, bob, acme):
@@ -289,8 +304,13 @@ def test_overview_shows_spend_against_the_budget(alice_client, acme):
     assert "1,500" in body  # tokens this month
 
 
-def test_an_invited_member_who_lost_the_email_can_ask_for_a_new_link(client, acme):
-    services.membership_invite(tenant=acme, email="erin@example.com")
+def test_a_member_without_a_password_yet_can_ask_for_a_link(client, acme):
+    """Accounts made by invitations before they had to be accepted have no password until
+    their person sets one: the reset form still serves them."""
+    erin = get_user_model().objects.create_user("erin", "erin@example.com")
+    erin.set_unusable_password()
+    erin.save()
+    services.membership_set(tenant=acme, user=erin)
     client.post("/portal/password/reset/", {"email": "erin@example.com"})
     (message,) = mail.outbox
     assert message.to == ["erin@example.com"]

@@ -2,11 +2,15 @@
 address a tenant would like the gateway to call), a gateway of a test's own (when it needs other
 settings than the shared one), and tenants with ledger data on a database the gateway sees."""
 
+import email
 import json
+import re
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
 from tests.gateway_server import Gateway, gateway_env
@@ -72,3 +76,42 @@ def error_of(response, status: int) -> dict:
     assert set(error) == {"message", "type", "code", "param"}
     assert error["message"]
     return error
+
+
+def post_form(client, path: str, data: dict, *, token_from: str | None = None, **options):
+    """Post a portal or admin form as a browser does: GET it (or the page `token_from`) for its
+    CSRF token, then POST."""
+    page = client.get(token_from or path)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    return client.post(path, data={"csrfmiddlewaretoken": token, **data}, **options)
+
+
+@dataclass(frozen=True)
+class Sent:
+    to: str
+    subject: str
+    body: str
+
+
+@contextmanager
+def signed_in(base_url: str, username: str, password: str, *, login: str = "/portal/login/"):
+    """An HTTP client signed in to the portal (or, with login="/admin/login/", the admin)."""
+    with httpx.Client(base_url=base_url) as client:
+        answer = post_form(client, login, {"username": username, "password": password})
+        assert answer.status_code == 302, answer.text[:300]
+        yield client
+
+
+def sent_mail(folder) -> list[Sent]:
+    """The messages a server with the file-based email backend wrote to `folder`, in order."""
+    if not folder.exists():
+        return []
+    messages = []
+    for path in sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns):
+        # A file can hold several messages, each followed by a line of dashes.
+        for raw in path.read_text().split("\n" + "-" * 79 + "\n"):
+            if raw.strip():
+                message = email.message_from_string(raw.lstrip())
+                body = message.get_payload(decode=True).decode()
+                messages.append(Sent(message["To"], message["Subject"], body))
+    return messages

@@ -169,3 +169,56 @@ def test_deeply_nested_json_is_a_400_not_a_crash(customer, gateway):
                                    "Content-Type": "application/json"})  # fmt: skip
 
     assert error_of(response, 400)["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("path", ["/portal/login/", "/healthz", "/api/usage.csv", "/admin/login/"])
+def test_outside_v1_a_declared_oversize_body_gets_413_before_a_byte_of_it_is_sent(gateway, path):
+    """No key, no session: 1.5 GB announced to a sign-in form is refused from the header alone
+    (it used to be read, to disk, before anything looked at it)."""
+    sock = _open(gateway.url)
+    sock.settimeout(5)
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 "Content-Type: application/x-www-form-urlencoded\r\n"
+                 "Content-Length: 1500000000\r\n\r\n".encode())  # fmt: skip
+    started = time.monotonic()
+
+    status, headers, payload = _read_response(sock)
+    sock.close()
+
+    assert status == 413
+    assert time.monotonic() - started < 2
+    assert json.loads(payload)["error"]["code"] == "request_too_large"
+    assert headers["connection"] == "close"
+
+
+def test_outside_v1_a_chunked_body_is_counted_and_cut_near_the_limit(gateway):
+    sock = _open(gateway.url)
+    sock.sendall(b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+    piece = b"x" * 65536
+    frame = f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    sent = 0
+    sock.settimeout(5)
+    try:
+        while sent < 300_000_000:
+            sock.sendall(frame)
+            sent += len(piece)
+    except (BrokenPipeError, ConnectionResetError, TimeoutError):
+        pass
+    status, _headers, payload = _read_response(sock)
+    sock.close()
+
+    assert status == 413
+    assert json.loads(payload)["error"]["code"] == "request_too_large"
+    # 1 MiB limit, plus what the kernel's socket buffers absorbed before the server closed.
+    assert sent < 20_000_000
+
+
+def test_a_form_under_the_limit_still_reaches_its_page(gateway, transactional_db):
+    body = "username=alice&password=" + "x" * 900_000
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    response = httpx.post(f"{gateway.url}/portal/login/", content=body, headers=form, timeout=10)
+
+    assert response.status_code == 403  # Django's CSRF refusal: the form was read, not cut
+    assert "CSRF" in response.text

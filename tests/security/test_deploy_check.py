@@ -14,6 +14,7 @@ def _check_deploy(**environment) -> subprocess.CompletedProcess:
         "SECRET_KEY": secrets.token_urlsafe(50),
         "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/unused",  # never connected to
         "ALLOWED_HOSTS": "api.example.com",
+        "SITE_URL": "https://api.example.com",
         "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
         **environment,
     }
@@ -24,7 +25,7 @@ def _check_deploy(**environment) -> subprocess.CompletedProcess:
 
 
 def test_check_deploy_is_clean_with_the_production_environment():
-    result = _check_deploy(HTTPS="1", TRUST_X_FORWARDED_PROTO="1")
+    result = _check_deploy(HTTPS="1", TRUSTED_PROXIES="10.0.0.0/8")
 
     assert result.returncode == 0, result.stderr
     assert "System check identified no issues" in result.stdout
@@ -36,3 +37,11 @@ def test_without_https_the_cookies_work_on_plain_http_and_check_deploy_says_so()
     assert result.returncode != 0
     for check in ("security.W008", "security.W012", "security.W016", "security.W004"):
         assert check in result.stderr
+
+
+def test_check_deploy_asks_for_site_url():
+    result = _check_deploy(HTTPS="1", SITE_URL="")
+
+    assert result.returncode != 0
+    assert "saas_platform.W001" in result.stderr
+    assert "SITE_URL is not set" in result.stderr

@@ -143,8 +143,7 @@ def test_with_https_plain_http_is_refused_and_https_answers_with_hsts(
     tmp_path, transactional_db, catalog
 ):
     # The test's loopback client plays the TLS-ending proxy that says the request was HTTPS.
-    proxy = {"FORWARDED_ALLOW_IPS": "127.0.0.1", "TRUSTED_PROXIES": "127.0.0.1"}
-    with own_gateway(tmp_path, HTTPS="1", TRUST_X_FORWARDED_PROTO="1", **proxy) as gateway:
+    with own_gateway(tmp_path, HTTPS="1", TRUSTED_PROXIES="127.0.0.1") as gateway:
         customer = make_customer(gateway)
         headers = {"Authorization": f"Bearer {customer.key}"}
         with httpx.Client(base_url=gateway.url, timeout=10) as client:
