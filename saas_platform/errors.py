@@ -124,7 +124,8 @@ def permission_denied(request, exception=None):
 def page_not_found(request, exception=None):
     if _is_api(request):
         return error_response(
-            NotFound(f"Unknown URL: {request.method} {request.path[:200]} (see /api/schema).")
+            # The path is not repeated: it may name another tenant's object (a probe).
+            NotFound("Unknown URL (see /api/schema for this API's paths).")
         )
     return defaults.page_not_found(request, exception)
 

@@ -2,6 +2,7 @@
 spans slots: the tenant's, the usage stream's) and the key cache, through real server processes."""
 
 import asyncio
+import time
 
 import httpx
 import orjson
@@ -54,7 +55,10 @@ def test_requests_are_admitted_finished_and_billed_on_a_cluster(
     assert statuses == [200, 200, 429]  # the limit of 2 holds across both worker processes
     admitted = {r.headers["x-request-id"] for r in responses if r.status_code == 200}
     refused = {r.headers["x-request-id"] for r in responses if r.status_code == 429}
-    stored = _stream_ids(redis_cluster)
+    # A whole answer's event is appended just after its last byte: wait for it.
+    deadline = time.monotonic() + 10
+    while not admitted <= (stored := _stream_ids(redis_cluster)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert admitted <= stored
     assert not refused & stored
 
