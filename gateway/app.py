@@ -16,7 +16,13 @@ from django.http.request import split_domain_port, validate_host
 
 from gateway import auth, catalog, pipeline
 from gateway.admission import rate_limit_headers
-from gateway.errors import MethodNotAllowed, ModelNotFound, UnknownEndpoint
+from gateway.errors import (
+    DisallowedHost,
+    HttpsRequired,
+    MethodNotAllowed,
+    ModelNotFound,
+    UnknownEndpoint,
+)
 from gateway.http import ClientGone, Headers, Request, TrackedSend, send_error, send_json
 from gateway.metering import CLIENT_CLOSED_REQUEST
 from gateway.parsing import Endpoint
@@ -49,17 +55,6 @@ def route_label(path: str) -> str:
     if path.startswith(MODELS_PATH + "/"):
         return MODELS_PATH + "/{model}"
     return API_PREFIX + "{unknown}"
-
-
-class DisallowedHost(PlatformError):
-    status = 400
-    code = "invalid_host"
-
-
-class HttpsRequired(PlatformError):
-    status = 403
-    code = "https_required"
-    error_type = "permission_error"
 
 
 def _hsts() -> Headers:

@@ -31,3 +31,14 @@ class MethodNotAllowed(PlatformError):
 class UnknownEndpoint(PlatformError):
     status = 404
     code = "unknown_url"
+
+
+class DisallowedHost(PlatformError):
+    status = 400
+    code = "invalid_host"
+
+
+class HttpsRequired(PlatformError):
+    status = 403
+    code = "https_required"
+    error_type = "permission_error"
