@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,7 +25,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from billing import money, spend
+from billing import money
 from billing.models import DailyUsage, UsageRecord
 from billing.pricing import PriceBook
 from billing.usage import UsageEvent
@@ -262,7 +261,8 @@ def _known(events: dict[str, UsageEvent]) -> dict[str, UsageEvent]:
 
 
 def ledger_store(events: list[UsageEvent]) -> StoreResult:
-    """Store events not stored yet, priced at their own time; update rollups and spend."""
+    """Store events not stored yet, priced at their own time; update rollups. (Running spend is
+    added by the gateway when it settles a request: gateway.admission.)"""
     by_id = _known({event.request_id: event for event in events})
     pricer = _Pricer({event.model for event in by_id.values()})
     rows = _rows(by_id.values(), pricer)
@@ -270,17 +270,6 @@ def ledger_store(events: list[UsageEvent]) -> StoreResult:
         inserted = _insert_new(rows)
     rows = [r for r in rows if r[0] in inserted]
     duplicates, conflicts = _not_stored([e for rid, e in by_id.items() if rid not in inserted])
-    added: dict[tuple[int, str], int] = defaultdict(int)
-    micros: dict[Decimal, int] = {}
-    months: dict[datetime, str] = {}
-    for r in rows:
-        amount, moment = r[12], r[6]
-        if amount not in micros:
-            micros[amount] = money.to_micros(amount)
-        if moment not in months:
-            months[moment] = spend.month_key(moment)
-        added[(r[1], months[moment])] += micros[amount]
-    spend.spend_add_many({key: value for key, value in added.items() if value})
     metrics.LEDGER_STORED.inc(len(rows))
     return StoreResult(stored=len(rows), duplicates=duplicates, conflicts=conflicts)
 

@@ -24,6 +24,19 @@ def round_line(amount: Decimal, currency: str) -> Decimal:
     return amount.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
 
 
+PICOS = Decimal(10) ** 12  # ledger amounts have 12 places: a whole number of picos
+
+
+def to_picos(amount: Decimal) -> int:
+    """An amount in whole 10^-12 of the currency, exactly (the ledger's places), for the running
+    spend, holds and credit balances kept next to admission in Redis."""
+    return int((amount.quantize(LEDGER_PLACES) * PICOS).to_integral_value())
+
+
+def from_picos(picos: int) -> Decimal:
+    return (Decimal(picos) / PICOS).quantize(LEDGER_PLACES)
+
+
 def to_micros(amount: Decimal) -> int:
     """Whole millionths of the currency, for the running spend kept in Redis."""
     return int((amount * MILLION).to_integral_value(rounding=ROUND_HALF_UP))

@@ -1,6 +1,19 @@
-"""A tenant's running spend this month, where admission looks (Redis, or process memory in the
-embedded default), so the budget check costs no extra round trip. Kept in whole millionths of
-the currency; the ledger in PostgreSQL stays the truth and `spend_reconcile` resets from it."""
+"""Running money counters kept next to admission (Redis, or process memory in the embedded
+default), so a budget or credit check costs no extra round trip. All in whole picos (10^-12 of
+the currency, the ledger's places: `money.to_picos`), exact integers.
+
+  adm:{t}:spend:M          the tenant's spend in month M: added by the gateway when a request
+                           is settled (gateway.admission), with the request's exact cost
+  adm:{t}:k<id>:spend:M    the same for one API key, for its own budget
+  adm:{t}:credit:granted   a prepaid tenant's credits granted, less those that lapsed: set
+                           from the credit ledger (billing)
+  adm:{t}:credit:used      its credits drawn down, all time: added at settlement like spend
+
+The ledger in PostgreSQL stays the truth. The counters run ahead of it (a request is settled
+before its event is stored), so reconciling only ever raises a counter to what the ledger
+says, in one atomic step: it cannot undo an addition made meanwhile, and it heals a Redis that
+lost its data.
+"""
 
 import threading
 import time
@@ -12,7 +25,9 @@ from django.utils import timezone
 
 from billing import money
 from billing.models import UsageRecord
-from saas_platform.redis_clients import is_cluster, sync_client
+from saas_platform.redis_clients import sync_client
+from tenants.apikeys import KEY_PREFIX
+from tenants.models import ApiKey
 
 
 def month_key(moment: datetime | None = None) -> str:
@@ -23,109 +38,101 @@ def month_key(moment: datetime | None = None) -> str:
     return moment.strftime("%Y-%m")
 
 
+# Hash-tagged like the admission keys, so the admission script may use them in a cluster.
 def spend_key(tenant_id: int, month: str) -> str:
-    # Hash-tagged like the admission keys, so the admission script may read it in a cluster.
     return f"adm:{{{tenant_id}}}:spend:{month}"
 
+
+def key_spend_key(tenant_id: int, key_id: int, month: str) -> str:
+    return f"adm:{{{tenant_id}}}:k{key_id}:spend:{month}"
+
+
+def credit_granted_key(tenant_id: int) -> str:
+    return f"adm:{{{tenant_id}}}:credit:granted"
+
+
+def credit_used_key(tenant_id: int) -> str:
+    return f"adm:{{{tenant_id}}}:credit:used"
+
+
+SPEND_TTL_SECONDS = 40 * 24 * 3600  # a month's counters: past the month's end, then gone
 
 _local: dict[str, int] = {}
 _local_lock = threading.Lock()
 
-SPEND_TTL_SECONDS = 40 * 24 * 3600  # past the month's end, then gone
+# Raise a counter to at least ARGV[1] (both non-negative decimal strings), keeping its TTL
+# rule. Compared as strings: Lua's numbers are doubles, exact only to 2^53 picos (9,007 units).
+_RAISE = """
+local current = redis.call('GET', KEYS[1]) or '0'
+local floor = ARGV[1]
+if #floor > #current or (#floor == #current and floor > current) then
+  redis.call('SET', KEYS[1], floor)
+end
+if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('GET', KEYS[1])
+"""
+_raise_script = None
 
 
 def _redis():
     return sync_client(settings.REDIS_URL)
 
 
-def spend_add(tenant_id: int, month: str, micros: int) -> None:
-    key = spend_key(tenant_id, month)
+def local_counters():
+    """The embedded default's counters and their lock (read by the in-process admission)."""
+    return _local, _local_lock
+
+
+def counter_get(key: str) -> int:
     if settings.REDIS_URL:
-        pipe = _redis().pipeline()
-        pipe.incrby(key, micros)
-        pipe.expire(key, SPEND_TTL_SECONDS)
-        pipe.execute()
-    else:
-        with _local_lock:
-            _local[key] = _local.get(key, 0) + micros
-
-
-# On one Redis only: its keys are many tenants' (many hash tags), which a cluster refuses in one
-# script.
-_ADD_MANY = """
-for i, key in ipairs(KEYS) do
-  redis.call('INCRBY', key, ARGV[i + 1])
-  redis.call('EXPIRE', key, ARGV[1])
-end
-"""
-_add_many = None
-
-
-def _add_script(client):
-    global _add_many
-    if _add_many is None:
-        _add_many = client.register_script(_ADD_MANY)
-    return _add_many
-
-
-def spend_add_many(added: dict[tuple[int, str], int]) -> None:
-    """spend_add for many (tenant, month) pairs: one round trip for them all."""
-    if not added:
-        return
-    if not settings.REDIS_URL:
-        for (tenant_id, month), micros in added.items():
-            spend_add(tenant_id, month, micros)
-        return
-    client = _redis()
-    if is_cluster(settings.REDIS_URL):
-        # Each tenant's key lives on its own slot: a pipeline of INCRBY and EXPIRE per key,
-        # sent to each node at once (one round trip per node). Each INCRBY is atomic; nothing
-        # needs the batch to be.
-        pipe = client.pipeline(transaction=False)
-        for (tenant_id, month), micros in added.items():
-            key = spend_key(tenant_id, month)
-            pipe.incrby(key, micros)
-            pipe.expire(key, SPEND_TTL_SECONDS)
-        pipe.execute()
-        return
-    keys, amounts = [], []
-    for (tenant_id, month), micros in added.items():
-        keys.append(spend_key(tenant_id, month))
-        amounts.append(micros)
-    # One script, not a MULTI of two commands a key: as atomic, and a batch touching hundreds
-    # of tenants costs one command to send and one reply to parse.
-    _add_script(client)(keys=keys, args=[SPEND_TTL_SECONDS, *amounts], client=client)
-
-
-def spend_set(tenant_id: int, month: str, micros: int) -> None:
-    key = spend_key(tenant_id, month)
-    if settings.REDIS_URL:
-        _redis().set(key, micros, ex=SPEND_TTL_SECONDS)
-    else:
-        with _local_lock:
-            _local[key] = micros
-
-
-def spend_get_local(tenant_id: int, month: str) -> int:
+        return int(_redis().get(key) or 0)
     with _local_lock:
-        return _local.get(spend_key(tenant_id, month), 0)
+        return _local.get(key, 0)
+
+
+def counter_set(key: str, picos: int, *, ttl: int = 0) -> None:
+    if settings.REDIS_URL:
+        _redis().set(key, picos, ex=ttl or None)
+    else:
+        with _local_lock:
+            _local[key] = picos
+
+
+def counter_raise(key: str, picos: int, *, ttl: int = 0) -> None:
+    """Raise the counter to `picos` if it is below (never lowers it; atomic)."""
+    global _raise_script
+    if settings.REDIS_URL:
+        if _raise_script is None:
+            _raise_script = _redis().register_script(_RAISE)
+        _raise_script(keys=[key], args=[max(0, picos), ttl])
+    else:
+        with _local_lock:
+            _local[key] = max(_local.get(key, 0), picos)
 
 
 def spend_get(tenant_id: int, month: str) -> int:
-    if settings.REDIS_URL:
-        return int(_redis().get(spend_key(tenant_id, month)) or 0)
-    return spend_get_local(tenant_id, month)
+    return counter_get(spend_key(tenant_id, month))
 
 
 def spend_reconcile(moment: datetime | None = None) -> None:
-    """Set every tenant's running spend this month from the ledger (the truth): heals a Redis
-    that lost its data and any drift."""
+    """Raise every tenant's and key's running spend this month to what the ledger (the truth)
+    has stored: heals a Redis that lost its data, and can never undo a settlement made while
+    it runs."""
     moment = moment or timezone.now()
     start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    totals = (
-        UsageRecord.objects.filter(occurred_at__gte=start, occurred_at__lte=moment)
-        .values("tenant_id")
-        .annotate(total=Sum("amount"))
-    )
-    for row in totals:
-        spend_set(row["tenant_id"], month_key(moment), money.to_micros(row["total"]))
+    month = month_key(moment)
+    rows = UsageRecord.objects.filter(occurred_at__gte=start, occurred_at__lte=moment)
+    for row in rows.values("tenant_id").annotate(total=Sum("amount")):
+        counter_raise(spend_key(row["tenant_id"], month), money.to_picos(row["total"]),
+                      ttl=SPEND_TTL_SECONDS)  # fmt: skip
+    keyed = _key_ids_by_prefix()
+    for row in rows.values("tenant_id", "api_key_prefix").annotate(total=Sum("amount")):
+        key_id = keyed.get(row["api_key_prefix"])
+        if key_id is not None:
+            counter_raise(key_spend_key(row["tenant_id"], key_id, month),
+                          money.to_picos(row["total"]), ttl=SPEND_TTL_SECONDS)  # fmt: skip
+
+
+def _key_ids_by_prefix() -> dict[str, int]:
+    budgeted = ApiKey.objects.filter(monthly_budget__isnull=False).values_list("id", "prefix")
+    return {KEY_PREFIX + prefix: key_id for key_id, prefix in budgeted}

@@ -23,8 +23,8 @@ from typing import Protocol
 from django.conf import settings
 from redis.exceptions import NoScriptError, RedisError
 
-from billing.money import to_micros
-from billing.spend import month_key, spend_get_local, spend_key
+from billing.money import to_picos
+from billing.spend import counter_get, month_key, spend_key
 from gateway.admission_lua import ADMIT, RELEASE, RENEW
 from saas_platform import metrics
 from saas_platform.errors import RateLimited, ServiceUnavailable
@@ -184,7 +184,7 @@ class LocalAdmission:
                 return Decision(False, reason, retry, *counts, self._reset(state, now))
 
             budget = limits.budget_micros
-            if budget is not None and spend_get_local(tenant_id, month_key()) >= budget:
+            if budget is not None and counter_get(spend_key(tenant_id, month_key())) >= budget:
                 return refuse("budget", 0.0)
             if tokens > limits.tokens_per_minute:
                 return refuse("too_large", WINDOW_SECONDS)
@@ -396,7 +396,7 @@ async def acquire(*, tenant, lease_id: str, tokens: int) -> tuple[Lease, Decisio
         max_concurrent=tenant.max_concurrent_requests,
         tokens_per_minute=tenant.max_tokens_per_minute,
         requests_per_minute=tenant.max_requests_per_minute,
-        budget_micros=None if tenant.monthly_budget is None else to_micros(tenant.monthly_budget),
+        budget_micros=None if tenant.monthly_budget is None else to_picos(tenant.monthly_budget),
     )
     chosen = backend()
     try:

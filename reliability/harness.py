@@ -113,7 +113,7 @@ def _spend_matches(platform: Platform) -> Check:
     wrong = []
     for slug, limits in platform.limits.items():
         total = UsageRecord.objects.filter(tenant_id=limits.tenant_id).aggregate(s=Sum("amount"))
-        ledger = money.to_micros(total["s"] or 0)
+        ledger = money.to_picos(total["s"] or 0)
         held = spend.spend_get(limits.tenant_id, spend.month_key())
         if abs(held - ledger) > UsageRecord.objects.filter(tenant_id=limits.tenant_id).count():
             wrong.append(f"{slug}: Redis {held}, ledger {ledger}")  # beyond per-row rounding
