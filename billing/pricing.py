@@ -1,5 +1,6 @@
 """The price book: which price applies to a tenant's use of a model at a moment."""
 
+import time
 from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal
@@ -10,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.models import Price
+from saas_platform.threads import in_db_thread
 
 
 @transaction.atomic
@@ -63,3 +65,32 @@ class PriceBook:
                 if price.effective_from <= moment:
                     return price
         return None
+
+
+class _CurrentPrices:
+    """Every price, kept per process for CATALOG_CACHE_SECONDS: admission prices each request's
+    hold and settles its cost without a query."""
+
+    def __init__(self):
+        self.book: PriceBook | None = None
+        self.loaded_at = float("-inf")
+
+    def fresh(self) -> bool:
+        return time.monotonic() - self.loaded_at <= settings.CATALOG_CACHE_SECONDS
+
+    def load(self) -> PriceBook:
+        if not self.fresh():
+            self.book = PriceBook(Price.objects.values_list("model_id", flat=True).distinct())
+            self.loaded_at = time.monotonic()
+        return self.book
+
+
+_current = _CurrentPrices()
+_load_current = in_db_thread(_current.load)
+
+
+async def aprice_now(tenant_id: int, model_id: str) -> Price | None:
+    """The price of `model_id` for the tenant now (its own, else the list price; None: free),
+    as the ledger will price a request made now."""
+    book = _current.book if _current.fresh() else await _load_current()
+    return book.price_for(tenant_id, model_id, timezone.now())

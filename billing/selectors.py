@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+from django.conf import settings
 from django.db.models import DecimalField, F, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
 from billing.invoices import month_start
-from billing.models import DailyUsage
+from billing.models import DailyUsage, UsageRecord
+from billing.money import round_line
 
 
 def last_days(days: int, *, today: date | None = None) -> tuple[date, date]:
@@ -99,7 +101,21 @@ def top_tenants(*, first: date, last: date, limit: int = 10) -> list[TenantTotal
         .order_by("-tokens", "tenant__slug")[:limit]
     )
     return [
-        TenantTotal(row["tenant_id"], row["tenant__slug"], row["requests"], row["tokens"],
-                    row["amount"])
+        TenantTotal(
+            row["tenant_id"], row["tenant__slug"], row["requests"], row["tokens"], row["amount"]
+        )
         for row in sums
-    ]  # fmt: skip
+    ]
+
+
+def key_spend_this_month(tenant) -> dict[str, Decimal]:
+    """Each of the tenant's keys' spend this month, by display prefix: from the ledger (one
+    tenant's month, on its index), since the rollups are not kept per key."""
+    rows = (
+        UsageRecord.objects.filter(tenant=tenant, occurred_at__gte=month_start())
+        .values("api_key_prefix")
+        .annotate(total=Sum("amount"))
+    )
+    return {
+        row["api_key_prefix"]: round_line(row["total"], settings.BILLING_CURRENCY) for row in rows
+    }

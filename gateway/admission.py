@@ -23,13 +23,24 @@ from typing import Protocol
 from django.conf import settings
 from redis.exceptions import NoScriptError, RedisError
 
-from billing.money import to_picos
-from billing.spend import counter_get, month_key, spend_key
-from gateway.admission_lua import ADMIT, RELEASE, RENEW
+from billing.money import from_picos, to_picos, usage_amount
+from billing.pricing import aprice_now
+from billing.spend import (
+    SPEND_TTL_SECONDS,
+    credit_granted_key,
+    credit_used_key,
+    key_spend_key,
+    local_counters,
+    month_key,
+    spend_key,
+)
+from gateway.admission_lua import ADMIT, RENEW, SETTLE
+from gateway.parsing import InferenceRequest
 from saas_platform import metrics
 from saas_platform.errors import RateLimited, ServiceUnavailable
 from saas_platform.redis_clients import async_client
 from tenants.refusals import count_refusal
+from tenants.services import Authenticated
 
 logger = logging.getLogger(__name__)
 
@@ -38,23 +49,61 @@ WINDOW_SECONDS = 60
 
 @dataclass(frozen=True)
 class Limits:
-    max_concurrent: int
-    tokens_per_minute: int
+    """One scope's limits (the tenant's, or its key's own); None or 0: no such limit."""
+
+    max_concurrent: int | None
+    tokens_per_minute: int | None
     requests_per_minute: int | None = None
-    budget_micros: int | None = None  # the monthly budget, in millionths of the currency
+    budget_picos: int | None = None  # the monthly budget, in picos (billing.money.to_picos)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Whose limits a request is admitted under: its tenant's and, when its key has limits of
+    its own, its key's (key_id set); prepaid tenants' requests are also held against their
+    credits."""
+
+    tenant_id: int
+    key_id: int | None = None
+    prepaid: bool = False
+
+    @property
+    def scopes(self) -> int:
+        return 1 if self.key_id is None else 2
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one scope had in use when admission answered."""
+
+    in_flight: int
+    tokens_used: int
+    requests_used: int
+    reset_tokens: float  # seconds until the token window is empty again
 
 
 @dataclass(frozen=True)
 class Decision:
     admitted: bool
-    # None when admitted; else "concurrency", "requests_per_minute", "tokens_per_minute" or
-    # "too_large" (the reservation alone exceeds the per-minute limit: it can never fit).
+    # None when admitted; else "concurrency", "requests_per_minute", "tokens_per_minute",
+    # "too_large" (the reservation alone exceeds the per-minute limit: it can never fit),
+    # "budget" (the budget left cannot cover the request's hold) or "credits".
     reason: str | None
+    scope: str | None  # "tenant" or "key": whose limit refused it
     retry_after: float  # seconds until the request could fit
-    in_flight: int
-    tokens_used: int
-    requests_used: int
-    reset_tokens: float  # seconds until the token window is empty again
+    usage: tuple[Usage, ...]  # the tenant's, then the key's when it has limits
+
+    @property
+    def in_flight(self) -> int:
+        return self.usage[0].in_flight
+
+    @property
+    def tokens_used(self) -> int:
+        return self.usage[0].tokens_used
+
+    @property
+    def requests_used(self) -> int:
+        return self.usage[0].requests_used
 
 
 _REASONS = {
@@ -64,17 +113,26 @@ _REASONS = {
     -3: "too_large",
     -4: "tokens_per_minute",
     -5: "budget",
+    -6: "credits",
 }
+_SCOPES = {0: None, 1: "tenant", 2: "key"}
 
 
 class AdmissionBackend(Protocol):
     async def admit(
-        self, tenant_id: int, lease_id: str, limits: Limits, tokens: int
+        self,
+        subject: Subject,
+        lease_id: str,
+        limits: tuple[Limits, ...],
+        tokens: int,
+        hold: int = 0,
     ) -> Decision: ...
 
-    async def release(self, tenant_id: int, lease_id: str, reserved: int, actual: int) -> None: ...
+    async def settle(
+        self, subject: Subject, lease_id: str, reserved: int, actual: int, cost: int = 0
+    ) -> None: ...
 
-    async def renew(self, tenant_id: int, lease_id: str) -> bool: ...
+    async def renew(self, subject: Subject, lease_id: str) -> bool: ...
 
     async def in_flight(self, tenant_id: int) -> int: ...
 
@@ -83,83 +141,123 @@ def _lease_ms() -> int:
     return int(settings.ADMISSION_LEASE_SECONDS * 1000)
 
 
+def _as_tuple(limits) -> tuple[Limits, ...]:
+    return (limits,) if isinstance(limits, Limits) else tuple(limits)
+
+
 class RedisAdmission:
     def __init__(self, url: str):
         self.client = async_client(url)
         self._admit = self.client.register_script(ADMIT)
-        self._release = self.client.register_script(RELEASE)
+        self._settle = self.client.register_script(SETTLE)
         self._renew = self.client.register_script(RENEW)
 
     @staticmethod
-    def _keys(tenant_id: int) -> list[str]:
+    def _keys(subject: Subject) -> list[str]:
+        tenant_id, month = subject.tenant_id, month_key()
         tag = f"adm:{{{tenant_id}}}"
-        return [f"{tag}:leases", f"{tag}:tok", f"{tag}:amt", f"{tag}:sum", f"{tag}:req",
-                spend_key(tenant_id, month_key())]  # fmt: skip
+        keys = [f"{tag}:{name}" for name in _SCOPE_KEYS]
+        keys += [
+            spend_key(tenant_id, month),
+            credit_granted_key(tenant_id),
+            credit_used_key(tenant_id),
+        ]
+        if subject.key_id is not None:
+            keys += [f"{tag}:k{subject.key_id}:{name}" for name in _SCOPE_KEYS]
+            keys.append(key_spend_key(tenant_id, subject.key_id, month))
+        return keys
 
-    async def admit(self, tenant_id, lease_id, limits, tokens) -> Decision:
-        code, in_flight, used, requests, retry_ms, reset_ms = await self._admit(
-            keys=self._keys(tenant_id),
-            args=[
-                lease_id,
-                _lease_ms(),
-                limits.max_concurrent,
-                limits.tokens_per_minute,
-                limits.requests_per_minute or 0,
-                tokens,
-                -1 if limits.budget_micros is None else limits.budget_micros,
-            ],
+    async def admit(self, subject, lease_id, limits, tokens, hold=0) -> Decision:
+        args = [lease_id, _lease_ms(), tokens, hold, int(subject.prepaid)]
+        for scope in _as_tuple(limits)[: subject.scopes]:
+            args += [
+                scope.max_concurrent or 0,
+                scope.tokens_per_minute or 0,
+                scope.requests_per_minute or 0,
+                -1 if scope.budget_picos is None else scope.budget_picos,
+            ]
+        answer = await self._admit(keys=self._keys(subject), args=args)
+        code, scope, *counts, retry_ms = (int(value) for value in answer)
+        usage = tuple(
+            Usage(counts[i], counts[i + 1], counts[i + 2], counts[i + 3] / 1000)
+            for i in range(0, len(counts), 4)
         )
-        return Decision(
-            admitted=code == 1,
-            reason=_REASONS[int(code)],
-            retry_after=int(retry_ms) / 1000,
-            in_flight=int(in_flight),
-            tokens_used=int(used),
-            requests_used=int(requests),
-            reset_tokens=int(reset_ms) / 1000,
+        return Decision(code == 1, _REASONS[code], _SCOPES[scope], retry_ms / 1000, usage)
+
+    def _settle_args(self, lease_id, reserved, actual, cost, subject) -> list:
+        return [lease_id, reserved, actual, cost, int(subject.prepaid), SPEND_TTL_SECONDS]
+
+    async def settle(self, subject, lease_id, reserved, actual, cost=0) -> None:
+        await self._settle(
+            keys=self._keys(subject),
+            args=self._settle_args(lease_id, reserved, actual, cost, subject),
         )
 
-    async def release(self, tenant_id, lease_id, reserved, actual) -> None:
-        await self._release(keys=self._keys(tenant_id), args=[lease_id, reserved, actual])
-
-    def queue_release(self, pipe, tenant_id, lease_id, reserved, actual) -> None:
-        """`release`, queued on a pipeline (the one round trip that finishes a request). A
-        Redis that lost its script cache answers NOSCRIPT: the caller then calls `release`."""
+    def queue_settle(self, pipe, subject, lease_id, reserved, actual, cost) -> None:
+        """`settle`, queued on a pipeline (the one round trip that finishes a request). A
+        Redis that lost its script cache answers NOSCRIPT: the caller then calls `settle`."""
+        keys = self._keys(subject)
         # execute_command, not evalsha: a cluster's pipeline refuses evalsha() itself.
-        pipe.execute_command("EVALSHA", self._release.sha, 6, *self._keys(tenant_id), lease_id,
-                             reserved, actual)  # fmt: skip
+        pipe.execute_command(
+            "EVALSHA",
+            self._settle.sha,
+            len(keys),
+            *keys,
+            *self._settle_args(lease_id, reserved, actual, cost, subject),
+        )
 
-    def queue_renew(self, pipe, tenant_id, lease_id) -> None:
-        pipe.execute_command("EVALSHA", self._renew.sha, 6, *self._keys(tenant_id), lease_id,
-                             _lease_ms())  # fmt: skip
+    def queue_renew(self, pipe, subject, lease_id) -> None:
+        keys = self._keys(subject)
+        pipe.execute_command("EVALSHA", self._renew.sha, len(keys), *keys, lease_id, _lease_ms())
 
-    async def renew(self, tenant_id, lease_id) -> bool:
-        return bool(await self._renew(keys=self._keys(tenant_id), args=[lease_id, _lease_ms()]))
+    async def renew(self, subject, lease_id) -> bool:
+        return bool(await self._renew(keys=self._keys(subject), args=[lease_id, _lease_ms()]))
 
     async def in_flight(self, tenant_id) -> int:
-        key = self._keys(tenant_id)[0]
+        key = f"adm:{{{tenant_id}}}:leases"
         now_ms = int(time.time() * 1000)
         await self.client.zremrangebyscore(key, "-inf", now_ms)
         return int(await self.client.zcard(key))
 
 
-class _TenantWindow:
+_SCOPE_KEYS = ("leases", "tok", "amt", "sum", "req", "holds", "held")
+
+
+class _Window:
+    """One scope's state in the embedded default."""
+
     def __init__(self):
         self.leases: dict[str, float] = {}
         self.tokens: deque[list] = deque()  # [admitted_at, entry id, tokens], oldest first
         self.amounts: dict[str, list] = {}
         self.used = 0
         self.requests: deque[float] = deque()
+        self.holds: dict[str, int] = {}
+        self.held = 0
 
 
 class LocalAdmission:
-    """The embedded default: the same algorithm in process memory, for one server process."""
+    """The embedded default: the same algorithm in process memory, for one server process; the
+    money counters are billing.spend's in-process ones."""
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._tenants: dict[int, _TenantWindow] = {}
+        self._windows: dict[tuple, _Window] = {}
 
-    def _expire(self, state: _TenantWindow, now: float) -> None:
+    def _scopes(self, subject: Subject) -> list[tuple[_Window, str]]:
+        month = month_key()
+        found = [
+            (
+                self._windows.setdefault(("t", subject.tenant_id), _Window()),
+                spend_key(subject.tenant_id, month),
+            )
+        ]
+        if subject.key_id is not None:
+            window = self._windows.setdefault(("k", subject.key_id), _Window())
+            found.append((window, key_spend_key(subject.tenant_id, subject.key_id, month)))
+        return found
+
+    def _expire(self, state: _Window, now: float) -> None:
         while state.tokens and state.tokens[0][0] <= now - WINDOW_SECONDS:
             _at, entry_id, amount = state.tokens.popleft()
             state.amounts.pop(entry_id, None)
@@ -168,78 +266,124 @@ class LocalAdmission:
             state.requests.popleft()
         for lease_id in [lid for lid, expiry in state.leases.items() if expiry <= now]:
             del state.leases[lease_id]
+            state.held -= state.holds.pop(lease_id, 0)
 
     @staticmethod
-    def _reset(state: _TenantWindow, now: float) -> float:
-        return state.tokens[-1][0] + WINDOW_SECONDS - now if state.tokens else 0.0
+    def _usage(state: _Window, now: float) -> Usage:
+        reset = state.tokens[-1][0] + WINDOW_SECONDS - now if state.tokens else 0.0
+        return Usage(len(state.leases), state.used, len(state.requests), reset)
 
-    async def admit(self, tenant_id, lease_id, limits, tokens) -> Decision:
+    @staticmethod
+    def _refusal(state: _Window, limit: Limits, tokens: int, now: float):
+        """(reason, retry after) if this scope cannot take the request now, else None."""
+        tpm = limit.tokens_per_minute
+        if tpm and tokens > tpm:
+            return "too_large", WINDOW_SECONDS
+        if limit.max_concurrent and len(state.leases) >= limit.max_concurrent:
+            return "concurrency", 1.0
+        rpm = limit.requests_per_minute
+        if rpm and len(state.requests) >= rpm:
+            return "requests_per_minute", state.requests[0] + WINDOW_SECONDS - now
+        if tpm and state.used + tokens > tpm:
+            freed, wait = 0, float(WINDOW_SECONDS)
+            for admitted_at, _entry, amount in state.tokens:
+                freed += amount
+                if state.used - freed + tokens <= tpm:
+                    wait = admitted_at + WINDOW_SECONDS - now
+                    break
+            return "tokens_per_minute", wait
+        return None
+
+    async def admit(self, subject, lease_id, limits, tokens, hold=0) -> Decision:
         now = time.time()
-        with self._lock:
-            state = self._tenants.setdefault(tenant_id, _TenantWindow())
-            self._expire(state, now)
-            counts = (len(state.leases), state.used, len(state.requests))
+        limits = _as_tuple(limits)
+        counters, counters_lock = local_counters()
+        with self._lock, counters_lock:
+            scopes = self._scopes(subject)
+            for state, _spend in scopes:
+                self._expire(state, now)
+            usage = tuple(self._usage(state, now) for state, _spend in scopes)
 
-            def refuse(reason: str, retry: float) -> Decision:
-                return Decision(False, reason, retry, *counts, self._reset(state, now))
+            def refuse(reason: str, index: int, retry: float) -> Decision:
+                return Decision(False, reason, _SCOPES[index + 1], retry, usage)
 
-            budget = limits.budget_micros
-            if budget is not None and counter_get(spend_key(tenant_id, month_key())) >= budget:
-                return refuse("budget", 0.0)
-            if tokens > limits.tokens_per_minute:
-                return refuse("too_large", WINDOW_SECONDS)
-            if len(state.leases) >= limits.max_concurrent:
-                return refuse("concurrency", 1.0)
-            rpm = limits.requests_per_minute
-            if rpm and len(state.requests) >= rpm:
-                return refuse("requests_per_minute", state.requests[0] + WINDOW_SECONDS - now)
-            if state.used + tokens > limits.tokens_per_minute:
-                freed, wait = 0, float(WINDOW_SECONDS)
-                for admitted_at, _entry, amount in state.tokens:
-                    freed += amount
-                    if state.used - freed + tokens <= limits.tokens_per_minute:
-                        wait = admitted_at + WINDOW_SECONDS - now
-                        break
-                return refuse("tokens_per_minute", wait)
-            state.leases[lease_id] = now + settings.ADMISSION_LEASE_SECONDS
-            entry = [now, lease_id, tokens]
-            state.tokens.append(entry)
-            state.amounts[lease_id] = entry
-            state.used += tokens
-            if rpm:
-                state.requests.append(now)
+            for index, ((state, spend), limit) in enumerate(zip(scopes, limits, strict=False)):
+                budget = limit.budget_picos
+                if budget is not None and counters.get(spend, 0) + state.held + hold > budget:
+                    return refuse("budget", index, 0.0)
+            if subject.prepaid:
+                granted = counters.get(credit_granted_key(subject.tenant_id), 0)
+                used = counters.get(credit_used_key(subject.tenant_id), 0)
+                if used + scopes[0][0].held + hold > granted:
+                    return refuse("credits", 0, 0.0)
+            # The same order of checks as the script: every scope's "never fits" first, then
+            # concurrency, requests and tokens.
+            checks = [
+                self._refusal(state, limit, tokens, now)
+                for (state, _spend), limit in zip(scopes, limits, strict=False)
+            ]
+            for wanted in ("too_large", "concurrency", "requests_per_minute", "tokens_per_minute"):
+                for index, found in enumerate(checks):
+                    if found is not None and found[0] == wanted:
+                        return refuse(wanted, index, found[1])
+            for (state, _spend), limit in zip(scopes, limits, strict=False):
+                state.leases[lease_id] = now + settings.ADMISSION_LEASE_SECONDS
+                entry = [now, lease_id, tokens]
+                state.tokens.append(entry)
+                state.amounts[lease_id] = entry
+                state.used += tokens
+                if limit.requests_per_minute:
+                    state.requests.append(now)
+                state.holds[lease_id] = hold
+                state.held += hold
+            after = tuple(self._usage(state, now) for state, _spend in scopes)
             return Decision(
-                True, None, 0.0, counts[0] + 1, state.used, counts[2] + 1, WINDOW_SECONDS
+                True,
+                None,
+                None,
+                0.0,
+                tuple(
+                    Usage(u.in_flight, u.tokens_used, u.requests_used, WINDOW_SECONDS)
+                    for u in after
+                ),
             )
 
-    async def release(self, tenant_id, lease_id, reserved, actual) -> None:
+    async def settle(self, subject, lease_id, reserved, actual, cost=0) -> None:
         now = time.time()
-        with self._lock:
-            state = self._tenants.setdefault(tenant_id, _TenantWindow())
-            self._expire(state, now)
-            state.leases.pop(lease_id, None)
-            entry = state.amounts.get(lease_id)
-            if entry is not None:
-                state.used += actual - entry[2]
-                entry[2] = actual
-            elif actual > reserved:
-                late = [now, f"{lease_id}:late", actual - reserved]
-                state.tokens.append(late)
-                state.amounts[late[1]] = late
-                state.used += late[2]
+        counters, counters_lock = local_counters()
+        with self._lock, counters_lock:
+            for index, (state, spend) in enumerate(self._scopes(subject)):
+                self._expire(state, now)
+                state.leases.pop(lease_id, None)
+                entry = state.amounts.get(lease_id)
+                if entry is not None:
+                    state.used += actual - entry[2]
+                    entry[2] = actual
+                elif actual > reserved:
+                    late = [now, f"{lease_id}:late", actual - reserved]
+                    state.tokens.append(late)
+                    state.amounts[late[1]] = late
+                    state.used += late[2]
+                if lease_id in state.holds:  # settled once: a second settle adds nothing
+                    state.held -= state.holds.pop(lease_id)
+                    counters[spend] = counters.get(spend, 0) + cost
+                    if subject.prepaid and index == 0:
+                        used = credit_used_key(subject.tenant_id)
+                        counters[used] = counters.get(used, 0) + cost
 
-    async def renew(self, tenant_id, lease_id) -> bool:
+    async def renew(self, subject, lease_id) -> bool:
         now = time.time()
+        renewed = False
         with self._lock:
-            state = self._tenants.setdefault(tenant_id, _TenantWindow())
-            if state.leases.get(lease_id, 0) <= now:
-                return False
-            state.leases[lease_id] = now + settings.ADMISSION_LEASE_SECONDS
-            return True
+            for state, _spend in self._scopes(subject):
+                if state.leases.get(lease_id, 0) > now:
+                    state.leases[lease_id] = now + settings.ADMISSION_LEASE_SECONDS
+                    renewed = True
+        return renewed
 
     async def in_flight(self, tenant_id) -> int:
         with self._lock:
-            state = self._tenants.setdefault(tenant_id, _TenantWindow())
+            state = self._windows.setdefault(("t", tenant_id), _Window())
             self._expire(state, time.time())
             return len(state.leases)
 
@@ -266,17 +410,24 @@ class AdmissionUnavailable(ServiceUnavailable):
 
 
 _REFUSAL_MESSAGES = {
-    "concurrency": "Too many concurrent requests for this tenant (limit {max_concurrent}). "
+    "concurrency": "Too many concurrent requests for this {whose} (limit {max_concurrent}). "
     "Retry when one of them has finished.",
-    "requests_per_minute": "Rate limit reached for requests per minute (limit {rpm}).",
-    "tokens_per_minute": "Rate limit reached for tokens per minute (limit {tpm}, in use {used}, "
-    "requested {tokens}).",
-    "budget": "You exceeded your monthly budget of {budget} {currency}. Requests are refused "
-    "until next month or until the budget is raised.",
+    "requests_per_minute": "Rate limit reached for requests per minute for this {whose} "
+    "(limit {rpm}).",
+    "tokens_per_minute": "Rate limit reached for tokens per minute for this {whose} (limit "
+    "{tpm}, in use {used}, requested {tokens}).",
+    "budget": "The {whose}'s monthly budget of {budget} {currency} has too little left to cover "
+    "this request's largest possible cost, {hold} {currency} (its prompt and max_tokens at "
+    "this model's price). A smaller max_tokens may fit; otherwise requests are refused until "
+    "next month or until the budget is raised.",
+    "credits": "The prepaid credit balance has too little left to cover this request's largest "
+    "possible cost, {hold} {currency} (its prompt and max_tokens at this model's price). A "
+    "smaller max_tokens may fit; otherwise ask for more credits.",
     "too_large": "Request too large: it reserves {tokens} tokens (estimated prompt plus "
-    "max_tokens) but the tenant's limit is {tpm} tokens per minute, so it can never be "
+    "max_tokens) but the {whose}'s limit is {tpm} tokens per minute, so it can never be "
     "admitted. Lower max_tokens or shorten the prompt.",
 }
+_WHOSE = {"tenant": "tenant", "key": "API key"}
 
 
 class _Renewer:
@@ -315,14 +466,14 @@ class _Renewer:
         if batched:
             pipe = batched[0].backend.client.pipeline(transaction=False)
             for lease in batched:
-                lease.backend.queue_renew(pipe, lease.tenant_id, lease.lease_id)
+                lease.backend.queue_renew(pipe, lease.subject, lease.lease_id)
             results = await pipe.execute(raise_on_error=False)
             if any(isinstance(result, NoScriptError) for result in results):
                 for lease in batched:  # Redis lost its scripts: one by one, loading it again
-                    await lease.backend.renew(lease.tenant_id, lease.lease_id)
+                    await lease.backend.renew(lease.subject, lease.lease_id)
         for lease in leases:
             if not isinstance(lease.backend, RedisAdmission):
-                await lease.backend.renew(lease.tenant_id, lease.lease_id)
+                await lease.backend.renew(lease.subject, lease.lease_id)
 
 
 _renewers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Renewer]" = (
@@ -339,22 +490,44 @@ def _renewer() -> _Renewer:
 
 
 class Lease:
-    """An admitted request's hold on its tenant's limits, renewed while it runs. `release`
-    reconciles the reservation to the real count; it is idempotent and never raises."""
+    """An admitted request's hold on its limits, renewed while it runs. `settle` releases it,
+    reconciles the token reservation to the real count and adds the real cost; it is
+    idempotent and never raises."""
 
     def __init__(
-        self, *, backend: AdmissionBackend | None, tenant_id: int, lease_id: str, tokens: int
+        self,
+        *,
+        backend: AdmissionBackend | None,
+        subject: Subject,
+        lease_id: str,
+        tokens: int,
+        price=None,
+        hold: int = 0,
     ):
         self.backend = backend
-        self.tenant_id = tenant_id
+        self.subject = subject
         self.lease_id = lease_id
         self.reserved = tokens
+        self.price = price  # the price the hold was made at; the real cost is priced the same
+        self.hold = hold  # picos held against a budget or credits (0: nothing limits the cost)
         # No request holds its lease past this (event-loop time): the renewer stops renewing
         # it, so a response that never ends frees its slot by itself.
         self.deadline = asyncio.get_running_loop().time() + settings.UPSTREAM_TOTAL_TIMEOUT
         self._released = False
         if backend is not None:
             _renewer().add(self)
+
+    @property
+    def tenant_id(self) -> int:
+        return self.subject.tenant_id
+
+    @property
+    def holds_cost(self) -> bool:
+        return self.hold > 0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """The request's real cost in picos, exactly as the ledger will price it."""
+        return to_picos(usage_amount(prompt_tokens, completion_tokens, self.price))
 
     def _end(self) -> bool:
         """Stop renewing; False if the lease was already released."""
@@ -365,73 +538,144 @@ class Lease:
             _renewer().discard(self)
         return True
 
-    def queue_release(self, pipe, actual_tokens: int) -> bool:
-        """Queue the release on `pipe` when Redis holds the lease; False if it is not queued
-        (already released, or another backend: then call `release`)."""
+    def queue_settle(self, pipe, actual_tokens: int, cost: int) -> bool:
+        """Queue the settlement on `pipe` when Redis holds the lease; False if it is not queued
+        (already settled, or another backend: then call `settle`)."""
         if not isinstance(self.backend, RedisAdmission) or self._released:
             return False
         self._end()
-        self.backend.queue_release(
-            pipe, self.tenant_id, self.lease_id, self.reserved, actual_tokens
+        self.backend.queue_settle(
+            pipe, self.subject, self.lease_id, self.reserved, actual_tokens, cost
         )
         return True
 
-    async def release(self, actual_tokens: int, *, again: bool = False) -> None:
-        """Release (idempotent); `again` retries a queued release that Redis could not run."""
+    async def settle(self, actual_tokens: int, cost: int, *, again: bool = False) -> None:
+        """Settle (idempotent); `again` retries a queued settlement Redis could not run."""
         if not self._end() and not again:
             return
         if self.backend is None:
             return
         try:
-            await self.backend.release(self.tenant_id, self.lease_id, self.reserved, actual_tokens)
+            await self.backend.settle(
+                self.subject, self.lease_id, self.reserved, actual_tokens, cost
+            )
         except Exception:
             metrics.ADMISSION_BACKEND_ERRORS.labels(outcome="release_failed").inc()
-            logger.exception("lease release failed for tenant %s; it will expire", self.tenant_id)
+            logger.exception(
+                "settling a lease failed for tenant %s; it will expire", self.tenant_id
+            )
 
 
-async def acquire(*, tenant, lease_id: str, tokens: int) -> tuple[Lease, Decision | None]:
-    """Admit a request of `tenant` reserving `tokens`, or raise RateLimited (429, with the
-    decision on the error for the rate-limit headers) or AdmissionUnavailable (503)."""
-    limits = Limits(
-        max_concurrent=tenant.max_concurrent_requests,
-        tokens_per_minute=tenant.max_tokens_per_minute,
-        requests_per_minute=tenant.max_requests_per_minute,
-        budget_micros=None if tenant.monthly_budget is None else to_picos(tenant.monthly_budget),
+def _limits(caller: Authenticated) -> tuple[Limits, ...]:
+    tenant, key = caller.tenant, caller.api_key
+    limits = [
+        Limits(
+            max_concurrent=tenant.max_concurrent_requests,
+            tokens_per_minute=tenant.max_tokens_per_minute,
+            requests_per_minute=tenant.max_requests_per_minute,
+            budget_picos=None if tenant.monthly_budget is None else to_picos(tenant.monthly_budget),
+        )
+    ]
+    if key.limits.counted:
+        own = key.limits
+        limits.append(
+            Limits(
+                max_concurrent=own.max_concurrent_requests,
+                tokens_per_minute=own.max_tokens_per_minute,
+                requests_per_minute=own.max_requests_per_minute,
+                budget_picos=None if own.monthly_budget is None else to_picos(own.monthly_budget),
+            )
+        )
+    return tuple(limits)
+
+
+def _holds_cost(caller: Authenticated) -> bool:
+    """Whether anything limits this request's cost (only then is a price looked up)."""
+    return (
+        caller.tenant.monthly_budget is not None
+        or getattr(caller.tenant, "prepaid", False)
+        or caller.api_key.limits.monthly_budget is not None
     )
+
+
+async def acquire(
+    *, caller: Authenticated, lease_id: str, request: InferenceRequest, model_id: str
+) -> tuple[Lease, Decision | None]:
+    """Admit a request under its tenant's and key's limits, holding its largest possible cost
+    when a budget or credits limit it; or raise RateLimited (429, with the decision on the
+    error for the rate-limit headers) or AdmissionUnavailable (503)."""
+    tenant, key = caller.tenant, caller.api_key
+    subject = Subject(
+        tenant_id=tenant.pk,
+        key_id=key.pk if key.limits.counted else None,
+        prepaid=getattr(tenant, "prepaid", False),
+    )
+    limits = _limits(caller)
+    tokens = request.reservation()
+    price = await aprice_now(tenant.pk, model_id)
+    hold = 0
+    if _holds_cost(caller):
+        hold = to_picos(
+            usage_amount(request.most_prompt_tokens(), request.most_completion_tokens(), price)
+        )
     chosen = backend()
     try:
-        decision = await chosen.admit(tenant.pk, lease_id, limits, tokens)
+        decision = await chosen.admit(subject, lease_id, limits, tokens, hold)
     except (RedisError, OSError) as error:
         if settings.ADMISSION_FAIL_OPEN:
             metrics.ADMISSION_BACKEND_ERRORS.labels(outcome="admitted").inc()
             logger.error("admission backend unreachable (%s): admitting without limits", error)
-            return Lease(backend=None, tenant_id=tenant.pk, lease_id=lease_id, tokens=tokens), None
+            lease = Lease(
+                backend=None,
+                subject=subject,
+                lease_id=lease_id,
+                tokens=tokens,
+                price=price,
+                hold=hold,
+            )
+            return lease, None
         metrics.ADMISSION_BACKEND_ERRORS.labels(outcome="refused").inc()
         logger.error("admission backend unreachable (%s): refusing", error)
         raise AdmissionUnavailable(
             "The rate limiter is unavailable, so the request was not admitted. Retry shortly."
         ) from None
     if not decision.admitted:
-        metrics.REFUSALS.labels(reason=decision.reason).inc()
-        count_refusal(decision.reason)
-        message = _REFUSAL_MESSAGES[decision.reason].format(
-            max_concurrent=limits.max_concurrent,
-            rpm=limits.requests_per_minute,
-            tpm=limits.tokens_per_minute,
-            used=decision.tokens_used,
-            tokens=tokens,
-            budget=tenant.monthly_budget,
-            currency=settings.BILLING_CURRENCY,
-        )
-        if decision.reason == "budget":
-            error = RateLimited(message, retry_after=_seconds_to_next_month(),
-                                code="insufficient_quota")  # fmt: skip
-            error.error_type = "insufficient_quota"
-        else:
-            error = RateLimited(message, retry_after=math.ceil(decision.retry_after))
-        error.decision = decision
-        raise error
-    return Lease(backend=chosen, tenant_id=tenant.pk, lease_id=lease_id, tokens=tokens), decision
+        raise _refusal(decision, caller, limits, tokens, hold)
+    lease = Lease(
+        backend=chosen, subject=subject, lease_id=lease_id, tokens=tokens, price=price, hold=hold
+    )
+    return lease, decision
+
+
+def _refusal(decision: Decision, caller, limits, tokens: int, hold: int) -> RateLimited:
+    metrics.REFUSALS.labels(reason=decision.reason).inc()
+    count_refusal(decision.reason)
+    scope = limits[1 if decision.scope == "key" else 0]
+    budget = (
+        caller.api_key.limits.monthly_budget
+        if decision.scope == "key"
+        else (caller.tenant.monthly_budget)
+    )
+    message = _REFUSAL_MESSAGES[decision.reason].format(
+        whose=_WHOSE[decision.scope],
+        max_concurrent=scope.max_concurrent,
+        rpm=scope.requests_per_minute,
+        tpm=scope.tokens_per_minute,
+        used=decision.usage[1 if decision.scope == "key" else 0].tokens_used,
+        tokens=tokens,
+        budget=budget,
+        hold=from_picos(hold).normalize(),
+        currency=settings.BILLING_CURRENCY,
+    )
+    if decision.reason in ("budget", "credits"):
+        retry = _seconds_to_next_month() if decision.reason == "budget" else 3600
+        error = RateLimited(message, retry_after=retry, code="insufficient_quota")
+        error.error_type = "insufficient_quota"
+    else:
+        error = RateLimited(message, retry_after=math.ceil(decision.retry_after))
+    error.decision = decision
+    error.limited_by = decision.scope
+    return error
 
 
 def _seconds_to_next_month() -> int:
@@ -448,17 +692,34 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{rest}s" if minutes else f"{rest}s"
 
 
-def rate_limit_headers(tenant, decision: Decision | None) -> list[tuple[str, str]]:
-    """The x-ratelimit-* headers OpenAI sends; remaining and reset when admission ran."""
-    headers = [("x-ratelimit-limit-tokens", str(tenant.max_tokens_per_minute))]
-    rpm = tenant.max_requests_per_minute
-    if rpm:
-        headers.append(("x-ratelimit-limit-requests", str(rpm)))
-    if decision is not None:
-        remaining = max(0, tenant.max_tokens_per_minute - decision.tokens_used)
-        headers.append(("x-ratelimit-remaining-tokens", str(remaining)))
-        headers.append(("x-ratelimit-reset-tokens", _duration(decision.reset_tokens)))
-        if rpm:
-            headers.append(("x-ratelimit-remaining-requests",
-                            str(max(0, rpm - decision.requests_used))))  # fmt: skip
+def rate_limit_headers(caller: Authenticated, decision: Decision | None) -> list[tuple[str, str]]:
+    """The x-ratelimit-* headers OpenAI sends, for the tighter of the tenant's and the key's
+    limits; remaining and reset when admission ran."""
+    scopes = _limits(caller)
+    usage = decision.usage if decision is not None else ()
+    tokens = [
+        (s.tokens_per_minute, usage[i] if i < len(usage) else None)
+        for i, s in enumerate(scopes)
+        if s.tokens_per_minute
+    ]
+    requests = [
+        (s.requests_per_minute, usage[i] if i < len(usage) else None)
+        for i, s in enumerate(scopes)
+        if s.requests_per_minute
+    ]
+    headers = []
+    if tokens:
+        limit = min(limit for limit, _u in tokens)
+        headers.append(("x-ratelimit-limit-tokens", str(limit)))
+        if decision is not None:
+            remaining, reset = min(
+                (max(0, limit - u.tokens_used), u.reset_tokens) for limit, u in tokens if u
+            )
+            headers.append(("x-ratelimit-remaining-tokens", str(remaining)))
+            headers.append(("x-ratelimit-reset-tokens", _duration(reset)))
+    if requests:
+        headers.append(("x-ratelimit-limit-requests", str(min(lim for lim, _u in requests))))
+        if decision is not None:
+            remaining = min(max(0, lim - u.requests_used) for lim, u in requests if u)
+            headers.append(("x-ratelimit-remaining-requests", str(remaining)))
     return headers

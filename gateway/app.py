@@ -153,18 +153,18 @@ async def _dispatch(request: Request, send, caller) -> int:
     if endpoint is not None:
         return await pipeline.serve(request, send, endpoint, caller)
     headers = [("x-request-id", request.request_id),
-               *rate_limit_headers(caller.tenant, None)]  # fmt: skip
+               *rate_limit_headers(caller, None)]  # fmt: skip
     if path == MODELS_PATH or path.startswith(MODELS_PATH + "/"):
         if request.method not in ("GET", "HEAD"):
             error = MethodNotAllowed(f"Use GET for {path}.", allow="GET, HEAD")
             await send_error(send, error, headers)
             return error.status
         if path == MODELS_PATH:
-            models = await catalog.allowed_models(caller.tenant)
+            models = await catalog.allowed_models(caller)
             await send_json(send, 200, catalog.model_list(models), headers)
             return 200
         model_id = path.removeprefix(MODELS_PATH + "/")
-        model = await catalog.allowed_model(caller.tenant, model_id)
+        model = await catalog.allowed_model(caller, model_id)
         if model is None:
             error = ModelNotFound(model_id)
             await send_error(send, error, headers)

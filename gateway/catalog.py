@@ -3,19 +3,26 @@ request makes (from the per-process catalog cache, on the event loop)."""
 
 from models_mgmt.models import ServedModel
 from models_mgmt.selectors import acatalog
+from tenants.services import Authenticated
 
 
-async def allowed_models(tenant) -> list[ServedModel]:
+def _allowed(caller: Authenticated, model_id: str) -> bool:
+    """The tenant's allow list, narrowed by the key's own."""
+    return caller.tenant.config.model_allowed(model_id) and caller.api_key.limits.model_allowed(
+        model_id
+    )
+
+
+async def allowed_models(caller: Authenticated) -> list[ServedModel]:
     catalog = await acatalog()
-    config = tenant.config
-    return sorted((m for model_id, m in catalog.items() if config.model_allowed(model_id)), key=str)
+    return sorted((m for model_id, m in catalog.items() if _allowed(caller, model_id)), key=str)
 
 
-async def allowed_model(tenant, model_id: str) -> ServedModel | None:
-    """One model, if enabled and the tenant may use it: a lookup, not a filtered catalog copy
+async def allowed_model(caller: Authenticated, model_id: str) -> ServedModel | None:
+    """One model, if enabled and the caller may use it: a lookup, not a filtered catalog copy
     on every request."""
     model = (await acatalog()).get(model_id)
-    return model if model is not None and tenant.config.model_allowed(model_id) else None
+    return model if model is not None and _allowed(caller, model_id) else None
 
 
 def model_object(model: ServedModel) -> dict:

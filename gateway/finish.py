@@ -1,7 +1,8 @@
 """Step 7: finishing an admitted request, whatever its ending (success, engine error, client
-gone mid-stream), in one Redis round trip: release the lease and reconcile the token
-reservation to the real count, end the request's count in flight on its node, and append its one
-usage event to the usage stream. Recorders that are not a Redis stream get the event from the
+gone mid-stream), in one Redis round trip: settle its admission (release the lease, reconcile
+the token reservation to the real count, release the cost it held and add its real cost to the
+month's spend), end the request's count in flight on its node, and append its one usage event
+to the usage stream. Recorders that are not a Redis stream get the event from the
 publisher's background thread.
 
 It runs in a task of its own, shielded from cancellation, so a client that disconnects while it
@@ -28,12 +29,13 @@ _finishing: set[asyncio.Task] = set()
 
 async def _finish(meter: UsageMeter, lease: Lease, route: Route | None, status: int) -> None:
     event = meter.event(status=status)
+    cost = lease.cost(event.prompt_tokens, event.completion_tokens)
     recorders = publisher()
     recorded_by: list = []
     released = routed = False
     if settings.REDIS_URL:
         pipe = redis_clients.async_client().pipeline(transaction=False)
-        released = lease.queue_release(pipe, meter.total_tokens)
+        released = lease.queue_settle(pipe, meter.total_tokens, cost)
         routed = route is not None and route.queue_finished(pipe)
         appended = recorders.queue_appends(pipe, event)
         try:
@@ -45,14 +47,14 @@ async def _finish(meter: UsageMeter, lease: Lease, route: Route | None, status: 
             results = None
         if results is not None:
             if released and isinstance(results[0], NoScriptError):
-                await lease.release(meter.total_tokens, again=True)  # loads the script
+                await lease.settle(meter.total_tokens, cost, again=True)  # loads the script
             recorded_by = [
                 recorder
                 for recorder, result in zip(appended, results[released + routed :], strict=True)
                 if not isinstance(result, Exception)
             ]
     if not released:
-        await lease.release(meter.total_tokens)
+        await lease.settle(meter.total_tokens, cost)
     if route is not None and not routed:
         await route.finished()
     await recorders.publish(event, recorded_by=recorded_by)

@@ -20,15 +20,38 @@ MAX_N = 16
 # a client sends is dropped unless the model's staff-set `extra_fields` names it: engine-specific
 # fields can defeat the token reservation (`ignore_eos` with a large `n_predict`, `min_tokens`),
 # or point an engine somewhere (`api_base`). `best_of` is left out for the first reason.
-_COMMON = frozenset({"model", "frequency_penalty", "presence_penalty", "logit_bias", "seed",
-                     "stop", "stream", "stream_options", "temperature", "top_p", "user", "n",
-                     "max_tokens"})  # fmt: skip
+_COMMON = frozenset(
+    {
+        "model",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "seed",
+        "stop",
+        "stream",
+        "stream_options",
+        "temperature",
+        "top_p",
+        "user",
+        "n",
+        "max_tokens",
+    }
+)
 FORWARDED_FIELDS = {
-    "chat": _COMMON | {"messages", "max_completion_tokens", "logprobs", "top_logprobs",
-                       "response_format", "tools", "tool_choice", "parallel_tool_calls"},
+    "chat": _COMMON
+    | {
+        "messages",
+        "max_completion_tokens",
+        "logprobs",
+        "top_logprobs",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    },
     "completions": _COMMON | {"prompt", "echo", "logprobs", "suffix"},
     "embeddings": frozenset({"model", "input", "encoding_format", "dimensions", "user"}),
-}  # fmt: skip
+}
 
 
 class Endpoint(StrEnum):
@@ -40,6 +63,12 @@ class Endpoint(StrEnum):
 class InvalidRequest(PlatformError):
     status = 400
     code = "invalid_request_error"
+
+
+# Upper bounds for a cost hold: chat templates add a few tokens a message (about 4 to 6 for the
+# common templates); one image is at most a few thousand tokens in the vision models served.
+TEMPLATE_TOKENS = 8
+IMAGE_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -59,6 +88,23 @@ class InferenceRequest:
         """An estimate made before the engine has counted: a UTF-8 byte count over 3 (real
         tokenizers average about 4 characters a token in English) plus 4 a message."""
         return math.ceil(len(self.prompt_text.encode()) / 3) + 4 * self.prompt_items
+
+    def most_prompt_tokens(self) -> int:
+        """The most prompt tokens the engine can count, for holding a request's largest cost:
+        a token is at least one byte of text, plus each message's chat template and each
+        image's tokens."""
+        return (
+            len(self.prompt_text.encode())
+            + TEMPLATE_TOKENS * (self.prompt_items + 1)
+            + IMAGE_TOKENS * len(self.image_urls)
+        )
+
+    def most_completion_tokens(self) -> int:
+        """The most it may generate: max_tokens for each choice (the gateway sends the default
+        as max_tokens when the client gave none and the cost is limited: relay)."""
+        if self.endpoint == Endpoint.EMBEDDINGS:
+            return 0
+        return (self.max_tokens or settings.DEFAULT_MAX_TOKENS_RESERVATION) * self.n
 
     def reservation(self) -> int:
         """Tokens reserved at admission: the prompt estimate plus the most it may generate."""

@@ -50,12 +50,12 @@ class Admitted:
 
 
 async def _check(
-    request: Request, endpoint: Endpoint, tenant
+    request: Request, endpoint: Endpoint, caller: Authenticated
 ) -> tuple[InferenceRequest, ServedModel]:
     if request.method != "POST":
         raise MethodNotAllowed(f"Use POST for {request.path}.", allow="POST")
     parsed = parsing.parse(endpoint, request.body)
-    model = await catalog.allowed_model(tenant, parsed.model)
+    model = await catalog.allowed_model(caller, parsed.model)
     if model is None:
         raise ModelNotFound(parsed.model)
     if model.task != _TASKS[endpoint]:
@@ -71,15 +71,15 @@ async def serve(request: Request, send, endpoint: Endpoint, caller: Authenticate
     tenant = caller.tenant
     headers = [("x-request-id", request.request_id)]
     try:
-        parsed, model = await _check(request, endpoint, tenant)
+        parsed, model = await _check(request, endpoint, caller)
         lease, decision = await admission.acquire(
-            tenant=tenant, lease_id=request.request_id, tokens=parsed.reservation()
+            caller=caller, lease_id=request.request_id, request=parsed, model_id=model.model_id
         )
     except PlatformError as error:
         refused = getattr(error, "decision", None) if isinstance(error, RateLimited) else None
-        await send_error(send, error, [*headers, *admission.rate_limit_headers(tenant, refused)])
+        await send_error(send, error, [*headers, *admission.rate_limit_headers(caller, refused)])
         return error.status
-    headers += admission.rate_limit_headers(tenant, decision)
+    headers += admission.rate_limit_headers(caller, decision)
     meter = UsageMeter(request_id=request.request_id, tenant_id=tenant.pk,
                        api_key_prefix=caller.api_key.display_prefix, endpoint=request.path,
                        model=model.model_id)  # fmt: skip
@@ -88,7 +88,7 @@ async def serve(request: Request, send, endpoint: Endpoint, caller: Authenticate
     try:
         admitted.route = await route_request(model)
         engine = admitted.route.engine
-        forwarded = relay.forwarded_body(parsed, model)
+        forwarded = relay.forwarded_body(parsed, model, bounded=lease.holds_cost)
         if parsed.stream:
             status = await _stream(send, headers, parsed, model, admitted, forwarded)
         else:

@@ -5,6 +5,7 @@ import time
 from collections.abc import AsyncIterator
 
 import orjson
+from django.conf import settings
 
 from gateway.metering import UsageMeter
 from gateway.parsing import FORWARDED_FIELDS, Endpoint, InferenceRequest
@@ -13,13 +14,16 @@ from models_mgmt.models import ServedModel
 DONE = b"data: [DONE]\n\n"
 
 
-def forwarded_body(request: InferenceRequest, model: ServedModel) -> dict:
-    """What the engine gets: OpenAI's fields and the model's allowed extra ones, nothing else."""
+def forwarded_body(request: InferenceRequest, model: ServedModel, *, bounded: bool) -> dict:
+    """What the engine gets: OpenAI's fields and the model's allowed extra ones, nothing else.
+    `bounded`: the request's cost is held against a budget or credits, so a request without
+    max_tokens gets the default one, and its hold is a true maximum."""
     allowed = FORWARDED_FIELDS[request.endpoint]
     extra = model.extra_fields
-    body = {name: value for name, value in request.body.items()
-            if name in allowed or name in extra}  # fmt: skip
+    body = {name: value for name, value in request.body.items() if name in allowed or name in extra}
     body["model"] = model.engine_model_name
+    if bounded and request.max_tokens is None and request.endpoint != Endpoint.EMBEDDINGS:
+        body["max_tokens"] = settings.DEFAULT_MAX_TOKENS_RESERVATION
     if request.stream:
         # Always ask for usage, so that streams are metered; the client only gets the usage
         # chunk if it asked for it.
@@ -123,8 +127,9 @@ async def relay_chunks(
         yield _event(chunk)
 
 
-def usage_event(request: InferenceRequest, model: ServedModel, meter: UsageMeter,
-                tally: StreamTally) -> bytes:  # fmt: skip
+def usage_event(
+    request: InferenceRequest, model: ServedModel, meter: UsageMeter, tally: StreamTally
+) -> bytes:
     """The final usage chunk a client that asked for `include_usage` gets."""
     last = tally.last
     return _event(

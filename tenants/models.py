@@ -12,7 +12,9 @@ from tenants.quotas import (
     BUDGET_MAX_DIGITS,
     DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_MAX_TOKENS_PER_MINUTE,
+    KeyLimits,
     TenantConfig,
+    validate_key_limits,
     validate_tenant_config,
 )
 
@@ -123,8 +125,9 @@ class Invitation(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
     email = models.EmailField()
-    role = models.CharField(max_length=16, choices=Membership.Role.choices,
-                            default=Membership.Role.MEMBER)  # fmt: skip
+    role = models.CharField(
+        max_length=16, choices=Membership.Role.choices, default=Membership.Role.MEMBER
+    )
     digest = models.CharField(max_length=64, unique=True, editable=False)
     invited_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
@@ -132,9 +135,13 @@ class Invitation(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     accepted_at = models.DateTimeField(null=True, blank=True, editable=False)
     accepted_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-        related_name="+", editable=False,
-    )  # fmt: skip
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
 
     objects = InvitationQuerySet.as_manager()
 
@@ -182,11 +189,47 @@ class ApiKey(models.Model):
         help_text="The key issued when this one was rotated.",
     )
 
+    # The key's own limits (KeyLimits), each narrowing its tenant's; empty: the tenant's apply.
+    max_concurrent_requests = models.PositiveIntegerField(null=True, blank=True)
+    max_tokens_per_minute = models.PositiveBigIntegerField(null=True, blank=True)
+    max_requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    monthly_budget = models.DecimalField(
+        max_digits=BUDGET_MAX_DIGITS,
+        decimal_places=BUDGET_DECIMAL_PLACES,
+        null=True,
+        blank=True,
+        help_text="In the operator's currency; empty: the tenant's budget only.",
+    )
+    model_allow_list = models.JSONField(
+        default=list, blank=True, help_text="Model ids this key may use; empty: the tenant's."
+    )
+
     objects = ApiKeyQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
         verbose_name = "API key"
+        constraints = [
+            # Backstops for validate_key_limits.
+            models.CheckConstraint(
+                condition=Q(max_concurrent_requests__isnull=True)
+                | Q(max_concurrent_requests__gte=1),
+                name="apikey_concurrency_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_tokens_per_minute__isnull=True) | Q(max_tokens_per_minute__gte=1),
+                name="apikey_tpm_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_requests_per_minute__isnull=True)
+                | Q(max_requests_per_minute__gte=1),
+                name="apikey_rpm_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(monthly_budget__isnull=True) | Q(monthly_budget__gte=0),
+                name="apikey_budget_not_negative",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.display_prefix
@@ -205,3 +248,16 @@ class ApiKey(models.Model):
     @property
     def state(self) -> str:
         return self.state_at(timezone.now())
+
+    @property
+    def limits(self) -> KeyLimits:
+        return KeyLimits(
+            max_concurrent_requests=self.max_concurrent_requests,
+            max_tokens_per_minute=self.max_tokens_per_minute,
+            max_requests_per_minute=self.max_requests_per_minute,
+            monthly_budget=self.monthly_budget,
+            model_allow_list=list(self.model_allow_list or []),
+        )
+
+    def clean(self) -> None:
+        validate_key_limits(self.limits, self.tenant.config)

@@ -111,3 +111,72 @@ def validate_tenant_config(config: TenantConfig) -> None:
         errors["monthly_budget"] = message
     if errors:
         raise ValidationError(errors)
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """An API key's own limits, each only narrowing its tenant's; None (or an empty allow
+    list): the tenant's alone apply."""
+
+    max_concurrent_requests: int | None = None
+    max_tokens_per_minute: int | None = None
+    max_requests_per_minute: int | None = None
+    monthly_budget: Decimal | None = None
+    model_allow_list: list[str] = field(default_factory=list)
+
+    @property
+    def counted(self) -> bool:
+        """Whether admission keeps counts for the key itself (any limit but the allow list)."""
+        return any(
+            value is not None
+            for value in (
+                self.max_concurrent_requests,
+                self.max_tokens_per_minute,
+                self.max_requests_per_minute,
+                self.monthly_budget,
+            )
+        )
+
+    def model_allowed(self, model_id: str) -> bool:
+        return not self.model_allow_list or model_id in self.model_allow_list
+
+
+_KEY_LIMIT_LABELS = {
+    "max_concurrent_requests": "Max concurrent requests",
+    "max_tokens_per_minute": "Max tokens per minute",
+    "max_requests_per_minute": "Max requests per minute",
+}
+
+
+def validate_key_limits(limits: KeyLimits, tenant: TenantConfig) -> None:
+    """Raise ValidationError mapping each bad field to a message: every limit as a tenant's
+    is checked, and none may be above its tenant's (nor name a model the tenant may not use)."""
+    errors: dict[str, str] = {}
+    for name, label in _KEY_LIMIT_LABELS.items():
+        value, ceiling = getattr(limits, name), getattr(tenant, name)
+        if value is None:
+            continue
+        message = _positive_int_error(value, label=label)
+        if message is None and ceiling is not None and value > ceiling:
+            message = f"{label} of a key ({value}) cannot be above its tenant's ({ceiling})."
+        if message:
+            errors[name] = message
+    message = _budget_error(limits.monthly_budget)
+    if message is None and limits.monthly_budget is not None:
+        ceiling = tenant.monthly_budget
+        if ceiling is not None and Decimal(str(limits.monthly_budget)) > ceiling:
+            message = (
+                f"Monthly budget of a key ({limits.monthly_budget}) cannot be above its "
+                f"tenant's ({ceiling})."
+            )
+    if message:
+        errors["monthly_budget"] = message
+    message = _allow_list_error(limits.model_allow_list)
+    if message is None:
+        outside = [m for m in limits.model_allow_list if not tenant.model_allowed(m)]
+        if outside:
+            message = f"The tenant may not use: {', '.join(outside)} (a key can only narrow it)."
+    if message:
+        errors["model_allow_list"] = message
+    if errors:
+        raise ValidationError(errors)

@@ -27,7 +27,7 @@ from tenants.errors import (
     UnknownApiKey,
 )
 from tenants.models import ApiKey, Membership, Tenant
-from tenants.quotas import TenantConfig, validate_tenant_config
+from tenants.quotas import KeyLimits, TenantConfig, validate_key_limits, validate_tenant_config
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,9 @@ _unknown_digests = _UnknownDigests(size=10_000)
 
 def _forget_keys(keys) -> None:
     digests = [key.digest for key in keys]
-    cache.delete_many([_lookup_cache_key(d) for d in digests]
-                      + [_last_known_cache_key(d) for d in digests])  # fmt: skip
+    cache.delete_many(
+        [_lookup_cache_key(d) for d in digests] + [_last_known_cache_key(d) for d in digests]
+    )
 
 
 def _validate(tenant: Tenant) -> None:
@@ -225,11 +226,27 @@ def membership_remove(*, membership: Membership) -> None:
 # --- API keys ------------------------------------------------------------------------------
 
 
+KEY_LIMIT_FIELDS = (
+    "max_concurrent_requests",
+    "max_tokens_per_minute",
+    "max_requests_per_minute",
+    "monthly_budget",
+    "model_allow_list",
+)
+
+
 def apikey_issue(
-    *, tenant: Tenant, name: str = "", expires_at: datetime | None = None
+    *,
+    tenant: Tenant,
+    name: str = "",
+    expires_at: datetime | None = None,
+    limits: KeyLimits | None = None,
 ) -> IssuedKey:
-    """Issue a new key for the tenant; the plaintext is returned here once and never again."""
+    """Issue a new key for the tenant, with its own `limits` if given (each at most its
+    tenant's); the plaintext is returned here once and never again."""
     validate_display_name(name)
+    limits = limits or KeyLimits()
+    validate_key_limits(limits, tenant.config)
     for _attempt in range(5):
         generated = apikeys.generate_key()
         try:
@@ -240,12 +257,32 @@ def apikey_issue(
                     prefix=generated.prefix,
                     digest=generated.digest,
                     expires_at=expires_at,
+                    **{field: getattr(limits, field) for field in KEY_LIMIT_FIELDS},
                 )
         except IntegrityError:
             continue  # a prefix collision (1 in 62**8): draw again
         logger.info("api key issued: %s for %s", api_key.display_prefix, tenant.slug)
         return IssuedKey(api_key=api_key, plaintext=generated.plaintext)
     raise RuntimeError("could not draw a unique API key prefix")
+
+
+@transaction.atomic
+def apikey_update(*, api_key: ApiKey, name: str | None = None, **limits) -> ApiKey:
+    """Change a key's name or its own limits (KEY_LIMIT_FIELDS; None removes a limit, an empty
+    allow list allows every model of its tenant), validated against its tenant's."""
+    unknown = set(limits) - set(KEY_LIMIT_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown key limits: {sorted(unknown)}")
+    api_key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
+    if name is not None:
+        validate_display_name(name)
+        api_key.name = name
+    for field, value in limits.items():
+        setattr(api_key, field, value)
+    validate_key_limits(api_key.limits, api_key.tenant.config)
+    api_key.save()
+    transaction.on_commit(lambda: _forget_keys([api_key]))
+    return api_key
 
 
 @transaction.atomic
@@ -269,7 +306,12 @@ def apikey_rotate(*, api_key: ApiKey, grace: timedelta | None = None) -> IssuedK
         raise ValueError(f"{api_key.display_prefix} is {api_key.state}; only active keys rotate")
     if grace is None:
         grace = timedelta(seconds=settings.APIKEY_ROTATION_GRACE_SECONDS)
-    issued = apikey_issue(tenant=api_key.tenant, name=api_key.name, expires_at=api_key.expires_at)
+    issued = apikey_issue(
+        tenant=api_key.tenant,
+        name=api_key.name,
+        expires_at=api_key.expires_at,
+        limits=api_key.limits,
+    )
     grace_end = timezone.now() + grace
     if api_key.expires_at is None or api_key.expires_at > grace_end:
         api_key.expires_at = grace_end

@@ -18,7 +18,7 @@ def event(tenant, *, model="llama", prompt=1000, completion=500, at=None, status
     return UsageEvent(
         request_id=extra.pop("request_id", f"req_test_{next(_ids)}"),
         tenant_id=str(tenant.pk),
-        api_key_prefix="sk-AbC12345",
+        api_key_prefix=extra.pop("api_key_prefix", "sk-AbC12345"),
         model=model,
         prompt_tokens=prompt,
         completion_tokens=completion,

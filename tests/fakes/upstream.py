@@ -8,6 +8,8 @@ HTTP. Its behaviour comes from the model name the gateway forwards, as a query s
     fake?cut=3                   close the connection after 3 chunks, without [DONE]
     fake?stall=3                 stream 3 chunks, then send nothing more (a mid-stream hang)
 
+A request's max_tokens caps the chunks, as it caps a real engine's output.
+
 It stops streaming when its client (the gateway) goes away. With FAKE_UPSTREAM_LOG set, it
 appends one JSON line per request to that file once the request has ended: the request's
 `user` field, what it sent (`completion_tokens`: content chunks) and whether it reported
@@ -112,6 +114,8 @@ async def _answer(path: str, body: dict, send, gone: asyncio.Event, record: dict
     model = body.get("model", "fake")
     options = _options(model)
     chunks, delay = int(options.get("chunks", 5)), options.get("delay", 0.0)
+    if isinstance(body.get("max_tokens"), int):  # as engines do: never more than max_tokens
+        chunks = min(chunks, body["max_tokens"])
     report_usage = options.get("usage", 1) == 1
     if "fail" in options:
         status = int(options["fail"])

@@ -8,7 +8,7 @@ import time
 import pytest
 import time_machine
 
-from gateway.admission import Limits, LocalAdmission, RedisAdmission
+from gateway.admission import Limits, LocalAdmission, RedisAdmission, Subject
 from tests.redis_cluster import url_of
 
 _tenant_ids = itertools.count(1_000_000)
@@ -42,11 +42,11 @@ def test_concurrency_admits_up_to_the_limit_and_a_release_frees_a_slot(make_back
     limits = Limits(max_concurrent=2, tokens_per_minute=1000)
 
     async def scenario(backend, tenant):
-        first = await backend.admit(tenant, "a", limits, 10)
-        second = await backend.admit(tenant, "b", limits, 10)
-        third = await backend.admit(tenant, "c", limits, 10)
-        await backend.release(tenant, "a", 10, 10)
-        fourth = await backend.admit(tenant, "d", limits, 10)
+        first = await backend.admit(Subject(tenant), "a", limits, 10)
+        second = await backend.admit(Subject(tenant), "b", limits, 10)
+        third = await backend.admit(Subject(tenant), "c", limits, 10)
+        await backend.settle(Subject(tenant), "a", 10, 10)
+        fourth = await backend.admit(Subject(tenant), "d", limits, 10)
         return first, second, third, fourth, await backend.in_flight(tenant)
 
     first, second, third, fourth, in_flight = run(make_backend, scenario)
@@ -63,13 +63,13 @@ def test_a_lease_that_is_not_renewed_expires_and_a_renewed_one_does_not(make_bac
     limits = Limits(max_concurrent=2, tokens_per_minute=1000)
 
     async def scenario(backend, tenant):
-        await backend.admit(tenant, "kept", limits, 1)
-        await backend.admit(tenant, "crashed", limits, 1)
+        await backend.admit(Subject(tenant), "kept", limits, 1)
+        await backend.admit(Subject(tenant), "crashed", limits, 1)
         await asyncio.sleep(0.6)
-        renewed = await backend.renew(tenant, "kept")
+        renewed = await backend.renew(Subject(tenant), "kept")
         await asyncio.sleep(0.6)  # "crashed" is now past its lease, "kept" is not
         in_flight = await backend.in_flight(tenant)
-        lost = await backend.renew(tenant, "crashed")
+        lost = await backend.renew(Subject(tenant), "crashed")
         return renewed, in_flight, lost
 
     renewed, in_flight, lost = run(make_backend, scenario)
@@ -83,11 +83,11 @@ def test_tokens_per_minute_reserve_then_reconcile_to_the_real_count(make_backend
     limits = Limits(max_concurrent=10, tokens_per_minute=100)
 
     async def scenario(backend, tenant):
-        first = await backend.admit(tenant, "a", limits, 60)
-        refused = await backend.admit(tenant, "b", limits, 50)
-        await backend.release(tenant, "a", 60, 15)  # it used 15 of its 60: 45 come back
-        admitted = await backend.admit(tenant, "c", limits, 50)
-        full = await backend.admit(tenant, "d", limits, 40)
+        first = await backend.admit(Subject(tenant), "a", limits, 60)
+        refused = await backend.admit(Subject(tenant), "b", limits, 50)
+        await backend.settle(Subject(tenant), "a", 60, 15)  # it used 15 of its 60: 45 come back
+        admitted = await backend.admit(Subject(tenant), "c", limits, 50)
+        full = await backend.admit(Subject(tenant), "d", limits, 40)
         return first, refused, admitted, full
 
     first, refused, admitted, full = run(make_backend, scenario)
@@ -104,7 +104,7 @@ def test_tokens_per_minute_reserve_then_reconcile_to_the_real_count(make_backend
 
 def test_a_reservation_larger_than_the_limit_can_never_fit(make_backend):
     async def scenario(backend, tenant):
-        return await backend.admit(tenant, "a", Limits(5, 100), 101)
+        return await backend.admit(Subject(tenant), "a", Limits(5, 100), 101)
 
     decision = run(make_backend, scenario)
 
@@ -116,9 +116,9 @@ def test_requests_per_minute(make_backend):
     limits = Limits(max_concurrent=10, tokens_per_minute=1000, requests_per_minute=2)
 
     async def scenario(backend, tenant):
-        decisions = [await backend.admit(tenant, f"r{i}", limits, 1) for i in range(3)]
-        await backend.release(tenant, "r0", 1, 1)  # releasing does not give back the request
-        decisions.append(await backend.admit(tenant, "r3", limits, 1))
+        decisions = [await backend.admit(Subject(tenant), f"r{i}", limits, 1) for i in range(3)]
+        await backend.settle(Subject(tenant), "r0", 1, 1)  # settling does not give back the request
+        decisions.append(await backend.admit(Subject(tenant), "r3", limits, 1))
         return decisions
 
     decisions = run(make_backend, scenario)
@@ -133,7 +133,7 @@ def test_fifty_concurrent_admissions_never_exceed_the_token_limit(make_backend):
 
     async def scenario(backend, tenant):
         return await asyncio.gather(
-            *[backend.admit(tenant, f"r{i}", limits, 10) for i in range(50)]
+            *[backend.admit(Subject(tenant), f"r{i}", limits, 10) for i in range(50)]
         )
 
     decisions = run(make_backend, scenario)
@@ -146,10 +146,10 @@ def test_a_release_is_idempotent(make_backend):
     limits = Limits(max_concurrent=1, tokens_per_minute=100)
 
     async def scenario(backend, tenant):
-        await backend.admit(tenant, "a", limits, 50)
-        await backend.release(tenant, "a", 50, 20)
-        await backend.release(tenant, "a", 50, 20)
-        return await backend.admit(tenant, "b", limits, 80)
+        await backend.admit(Subject(tenant), "a", limits, 50)
+        await backend.settle(Subject(tenant), "a", 50, 20)
+        await backend.settle(Subject(tenant), "a", 50, 20)
+        return await backend.admit(Subject(tenant), "b", limits, 80)
 
     decision = run(make_backend, scenario)
 
@@ -164,7 +164,7 @@ def test_the_token_window_slides_over_any_sixty_seconds(settings):
 
     async def admit_at(offset: float, lease_id: str, tokens: int):
         with time_machine.travel(start + offset, tick=False):
-            return await backend.admit(7, lease_id, limits, tokens)
+            return await backend.admit(Subject(7), lease_id, limits, tokens)
 
     async def scenario():
         return [
