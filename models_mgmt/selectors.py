@@ -17,6 +17,10 @@ def enabled_models():
     return ServedModel.objects.filter(enabled=True)
 
 
+def enabled_model_ids() -> list[str]:
+    return list(enabled_models().values_list("model_id", flat=True))
+
+
 def enabled_model(model_id: str) -> ServedModel | None:
     return enabled_models().filter(model_id=model_id).first()
 

@@ -5,11 +5,13 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils import timezone
 
 from saas_platform.text import validate_display_name
 from tenants.models import Membership
+from tenants.quotas import BUDGET_DECIMAL_PLACES, BUDGET_MAX_DIGITS, KeyLimits, validate_key_limits
 
 MAX_USAGE_SPAN_DAYS = 366
 
@@ -40,6 +42,53 @@ class ApiKeyCreateForm(forms.Form):
         if day is None:
             return None
         return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+
+
+class KeyLimitsForm(forms.Form):
+    """A key's own limits, each at most its tenant's (validated by tenants' one rule)."""
+
+    max_concurrent_requests = forms.IntegerField(
+        required=False, label="Concurrent requests",
+        help_text="Empty: the tenant's limit alone.",
+    )  # fmt: skip
+    max_tokens_per_minute = forms.IntegerField(required=False, label="Tokens per minute")
+    max_requests_per_minute = forms.IntegerField(required=False, label="Requests per minute")
+    monthly_budget = forms.DecimalField(
+        required=False, label="Monthly budget", max_digits=BUDGET_MAX_DIGITS,
+        decimal_places=BUDGET_DECIMAL_PLACES,
+        help_text=f"In {settings.BILLING_CURRENCY}; empty: the tenant's budget only.",
+    )  # fmt: skip
+    model_allow_list = forms.MultipleChoiceField(
+        required=False, label="Models", widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every model the tenant may use.",
+    )  # fmt: skip
+
+    def __init__(self, *args, tenant, models: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tenant = tenant
+        self.fields["model_allow_list"].choices = [(m, m) for m in models]
+
+    @classmethod
+    def for_key(cls, api_key, models: list[str], data=None) -> "KeyLimitsForm":
+        limits = api_key.limits
+        initial = {name: getattr(limits, name) for name in cls.base_fields}
+        return cls(data, initial=initial, tenant=api_key.tenant, models=models)
+
+    @property
+    def limits(self) -> KeyLimits:
+        numbers = {name: self.cleaned_data.get(name) for name in self.base_fields}
+        numbers["model_allow_list"] = list(numbers["model_allow_list"] or [])
+        return KeyLimits(**numbers)
+
+    def clean(self):
+        cleaned = super().clean()
+        if not self.errors:
+            try:
+                validate_key_limits(self.limits, self.tenant.config)
+            except ValidationError as error:
+                for field, messages in error.message_dict.items():
+                    self.add_error(field, messages)
+        return cleaned
 
 
 # The days a usage period may name: far beyond any usage, and well inside what dates and

@@ -36,6 +36,7 @@ urlpatterns = [
     path("keys/", keys.key_list, name="keys"),
     path("keys/<int:pk>/revoke/", keys.key_revoke, name="key_revoke"),
     path("keys/<int:pk>/rotate/", keys.key_rotate, name="key_rotate"),
+    path("keys/<int:pk>/limits/", keys.key_limits, name="key_limits"),
     path("usage/", usage.usage, name="usage"),
     path("usage.csv", usage.usage_csv, name="usage_csv"),
     path("invoices/", invoices.invoice_list, name="invoices"),

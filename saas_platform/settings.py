@@ -329,6 +329,7 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 # the catalog does not know. Named here, not imported: tenants and the catalog's app
 # (models_mgmt) do not import each other.
 TENANT_MODEL_CATALOG = "models_mgmt.selectors.unknown_model_ids"
+TENANT_MODEL_IDS = "models_mgmt.selectors.enabled_model_ids"
 # Each key's spend this month (`apikey list`), from billing's ledger, named for the same reason.
 TENANT_KEY_SPEND = "billing.selectors.key_spend_this_month"
 

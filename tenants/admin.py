@@ -69,14 +69,20 @@ class KeyStateFilter(admin.SimpleListFilter):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ["display_prefix", "name", "tenant", "created_at", "last_used_at",
-                    "expires_at", "key_state"]  # fmt: skip
+                    "expires_at", "key_state", "monthly_budget"]  # fmt: skip
     list_select_related = ["tenant"]
     list_filter = [KeyStateFilter, "tenant"]
     search_fields = ["prefix", "name", "tenant__slug"]
     # Never `digest`: not on the page, not in the form, not in a hidden field.
-    fields = ["display_prefix", "name", "tenant", "key_state", "created_at", "expires_at",
-              "revoked_at", "last_used_at", "replaced_by"]  # fmt: skip
-    readonly_fields = fields
+    readonly_fields = ["display_prefix", "name", "tenant", "key_state", "created_at",
+                       "expires_at", "revoked_at", "last_used_at", "replaced_by"]  # fmt: skip
+    # The key's own limits are the only thing changed here, validated as the CLI and the
+    # portal do (ApiKey.clean: tenants.quotas.validate_key_limits).
+    fieldsets = [
+        (None, {"fields": readonly_fields}),
+        ("Limits of this key (each at most its tenant's; empty: the tenant's)",
+         {"fields": list(services.KEY_LIMIT_FIELDS)}),
+    ]  # fmt: skip
     actions = ["revoke"]
 
     class Media:
@@ -87,6 +93,10 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def save_model(self, request, obj, form, change):
+        changed = {field: form.cleaned_data[field] for field in services.KEY_LIMIT_FIELDS}
+        services.apikey_update(api_key=obj, **changed)
 
     @admin.display(description="prefix", ordering="prefix")
     def display_prefix(self, obj):

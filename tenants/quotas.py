@@ -69,6 +69,12 @@ def _unknown_model_ids(model_ids: set[str]) -> set[str]:
     return set(import_string(settings.TENANT_MODEL_CATALOG)(model_ids))
 
 
+def catalog_model_ids() -> list[str]:
+    """The enabled models' ids, sorted (for choosing a key's models), from the catalog named
+    by TENANT_MODEL_IDS."""
+    return sorted(import_string(settings.TENANT_MODEL_IDS)())
+
+
 def _budget_error(budget) -> str | None:
     if budget is None:
         return None
