@@ -12,6 +12,7 @@ worker, against a 20 ms engine, the anchor bench/anchor.py and LiteLLM with 2 wo
     python -m bench.run --only gateway-production         the production shape only, rewriting
                                                           only its part of docs/benchmarks.md
     python -m bench.run --only gateway-production --seconds 5    with 5 s points (default 20)
+    python -m bench.run --only admission                  the admission rows only (printed)
     ... --no-write                                        print the tables, leave the file alone
 """
 
@@ -165,21 +166,34 @@ def _ledger() -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _admission_rate(seconds: float = 3.0) -> tuple[float, float]:
-    """Admit+release pairs per second against Redis, and plain PINGs per second (baseline)."""
+def _admission_rates(seconds: float = 3.0) -> dict[str, float]:
+    """Admit+settle pairs per second against Redis: a tenant's limits only (no cost held),
+    with its cost held against a budget, and with the key's own limits too; and plain PINGs
+    per second (the baseline)."""
     import redis.asyncio as aioredis
 
-    from gateway.admission import Limits, RedisAdmission
+    from gateway.admission import Limits, RedisAdmission, Subject
+
+    unlimited = Limits(max_concurrent=10**6, tokens_per_minute=10**15)
+    budgeted = Limits(max_concurrent=10**6, tokens_per_minute=10**15, budget_picos=10**24)
+    shapes = {
+        "tenant limits, no hold": (Subject(999_999), (unlimited,), 0),
+        "cost held against a budget": (Subject(999_998), (budgeted,), 10**9),
+        "held, and the key's own limits": (Subject(999_997, key_id=1), (budgeted, budgeted),
+                                           10**9),
+    }  # fmt: skip
 
     async def run():
         backend = RedisAdmission(REDIS_URL)
-        limits = Limits(max_concurrent=10**6, tokens_per_minute=10**15)
-        pairs, deadline = 0, time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            lease = uuid.uuid4().hex
-            await backend.admit(999_999, lease, limits, 10)
-            await backend.release(999_999, lease, 10, 10)
-            pairs += 1
+        rates = {}
+        for name, (subject, limits, hold) in shapes.items():
+            pairs, deadline = 0, time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                lease = uuid.uuid4().hex
+                await backend.admit(subject, lease, limits, 10, hold)
+                await backend.settle(subject, lease, 10, 10, hold // 2)
+                pairs += 1
+            rates[name] = pairs / seconds
         client = aioredis.Redis.from_url(REDIS_URL)
         pings, deadline = 0, time.perf_counter() + seconds
         while time.perf_counter() < deadline:
@@ -187,9 +201,19 @@ def _admission_rate(seconds: float = 3.0) -> tuple[float, float]:
             pings += 1
         await client.aclose()
         await backend.client.aclose()
-        return pairs / seconds, pings / seconds
+        rates["PINGs"] = pings / seconds
+        return rates
 
     return asyncio.run(run())
+
+
+def _admission_rows(rates: dict[str, float]) -> list[str]:
+    pings = rates.pop("PINGs")
+    return [
+        f"| admission: admit+settle pairs/s (Redis), {name} | {pings:.0f} PINGs/s "
+        f"| {rate:.0f} | {rate / pings:.2f} |"
+        for name, rate in rates.items()
+    ]
 
 
 def _manager_rates(seconds: float = 2.0) -> tuple[float, float]:
@@ -323,7 +347,7 @@ def _overhead_section() -> tuple[str, str]:
         peer.terminate()
         gateway.terminate()
         upstream.terminate()
-    admission, pings = _admission_rate()
+    admission = _admission_rates()
     in_process, shared = _manager_rates()
     ledger = _ledger()
     cold = _cold_start()
@@ -331,8 +355,7 @@ def _overhead_section() -> tuple[str, str]:
     lines = ["| measure | baseline | measured | ratio |", "|---|---|---|---|"]
     lines += _gateway_rows(rows) + _stream_rows(streams)
     lines += [
-        f"| admission: admit+release pairs/s (Redis) | {pings:.0f} PINGs/s "
-        f"| {admission:.0f} | {admission / pings:.2f} |",
+        *_admission_rows(admission),
         *_ledger_rows(ledger),
         f"| ResourceManager ops/s (load+touch) | {in_process:.0f} in process "
         f"| {shared:.0f} shared in Redis | {shared / in_process:.3f} |",
@@ -397,7 +420,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--only",
-        choices=["gateway-production"],
+        choices=["gateway-production", "admission"],
         help="run only this section (and rewrite only its part of the file)",
     )
     parser.add_argument(
@@ -414,6 +437,12 @@ def main() -> None:
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # children inherit it
+    if args.only == "admission":  # prints its rows; make bench writes them with the rest
+        _create_database(DATABASE_URL)
+        _django()
+        print("\n".join(["| measure | baseline | measured | ratio |", "|---|---|---|---|",
+                         *_admission_rows(_admission_rates())]))  # fmt: skip
+        return
     _create_database(DATABASE_URL)
     if args.only is None:
         _django()

@@ -35,8 +35,3 @@ def to_picos(amount: Decimal) -> int:
 
 def from_picos(picos: int) -> Decimal:
     return (Decimal(picos) / PICOS).quantize(LEDGER_PLACES)
-
-
-def to_micros(amount: Decimal) -> int:
-    """Whole millionths of the currency, for the running spend kept in Redis."""
-    return int((amount * MILLION).to_integral_value(rounding=ROUND_HALF_UP))
