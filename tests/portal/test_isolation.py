@@ -26,6 +26,7 @@ URLS_WITHOUT_OBJECTS = {
 URLS_WITH_OBJECTS = {
     "keys/<int:pk>/revoke/": ("POST", "key"),
     "keys/<int:pk>/rotate/": ("POST", "key"),
+    "keys/<int:pk>/limits/": ("POST", "key"),
     "invoices/<str:ref>/": ("GET", "invoice"),
     "^invoices/(?P<ref>[^/]+)/(?P<fmt>pdf|csv|json)$": ("GET", "invoice-file"),
     "members/<int:pk>/role/": ("POST", "membership"),
@@ -59,6 +60,7 @@ def _paths(objects) -> list[tuple[str, str]]:
     return [
         ("POST", f"/portal/keys/{key.pk}/revoke/"),
         ("POST", f"/portal/keys/{key.pk}/rotate/"),
+        ("POST", f"/portal/keys/{key.pk}/limits/"),
         ("GET", f"/portal/invoices/{invoice.number}/"),
         ("GET", f"/portal/invoices/{invoice.number}/pdf"),
         ("GET", f"/portal/invoices/{invoice.number}/csv"),
