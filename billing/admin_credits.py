@@ -23,7 +23,8 @@ class GrantForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.instance.kind = CreditEntry.Kind.GRANT
-        self.fields["reason"].required = True
+        if "reason" in self.fields:  # the add form; a row's own page shows it read-only
+            self.fields["reason"].required = True
 
     def clean(self):
         data = super().clean()
