@@ -57,7 +57,7 @@ def test_the_invoice_page_shows_usage_credits_applied_and_amount_due(client, ali
     page = client.get("/portal/invoices/current/").content.decode()
 
     assert "Prepaid credits applied" in page
-    assert "−3.00 USD" in page
+    assert "\N{MINUS SIGN}3.00 USD" in page
     assert "<strong>1.00 USD</strong>" in page  # the amount due
     assert "4.00 USD" in page  # the usage
 

@@ -154,7 +154,7 @@ def test_a_member_sees_prepaid_credits_drawn_and_applied(page, gateway, member):
     assert_accessible(page)
     page.get_by_role("link", name="Invoices").click()
     page.get_by_role("link", name="See the lines").click()
-    expect(page.locator("[data-credits-applied]")).to_have_text("−5.00 USD")
+    expect(page.locator("[data-credits-applied]")).to_have_text("\N{MINUS SIGN}5.00 USD")
     expect(page.locator("[data-amount-due]")).to_have_text("6.00 USD")
     screenshot(page, "portal-invoice-credits")
     assert_accessible(page)
