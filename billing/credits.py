@@ -280,12 +280,16 @@ def _lapse_tenant(tenant_id: int, now: datetime) -> int:
     return len(lapses)
 
 
-def credits_reconcile() -> int:
-    """Set every tenant's credit counters from the ledger (beat, every few minutes): heals a
-    Redis that lost its data. Returns the tenants reconciled."""
-    tenant_ids = sorted(
-        set(CreditEntry.objects.values_list("tenant_id", flat=True).distinct().order_by())
-    )
+def credits_reconcile(*, tenant_ids=None) -> int:
+    """Set the credit counters of every tenant with credits (or of `tenant_ids`) from the
+    ledger: beat runs it every few minutes, which heals a Redis that lost its data. A process
+    whose counters are its own memory (the embedded default) calls it for a tenant it loads,
+    since a grant made by another process (`credits grant`) set only that process's counters.
+    Returns the tenants reconciled."""
+    entries = CreditEntry.objects.all()
+    if tenant_ids is not None:
+        entries = entries.filter(tenant_id__in=set(tenant_ids))
+    tenant_ids = sorted(set(entries.values_list("tenant_id", flat=True).distinct().order_by()))
     for tenant_id in tenant_ids:
         with transaction.atomic():
             _lock_tenants([tenant_id])

@@ -17,6 +17,7 @@ from billing import credits, exports, spend
 from billing.invoices import invoice_close, invoice_data, invoice_for, month_start
 from billing.models import CreditEntry, UsageRecord
 from billing.pricing import price_set
+from tenants.quotas import TenantConfig, validate_tenant_config
 from tests.billing.factories import event, store
 
 pytestmark = pytest.mark.django_db
@@ -162,6 +163,27 @@ def test_reconcile_sets_granted_and_only_raises_used(priced, counters):
     spend.counter_set(spend.credit_used_key(priced.pk), 3 * PICOS)
     credits.credits_reconcile()
     assert (granted(priced), used(priced)) == (4 * PICOS, 3 * PICOS)
+
+
+def test_reconcile_of_one_tenant_touches_only_its_counters(priced, globex, counters):
+    credits.credits_grant(tenant=priced, amount=Decimal(4), reason="acme's")
+    credits.credits_grant(tenant=globex, amount=Decimal(6), reason="globex's")
+    spend.counter_set(spend.credit_granted_key(priced.pk), 0)
+    spend.counter_set(spend.credit_granted_key(globex.pk), 0)
+
+    assert credits.credits_reconcile(tenant_ids=[priced.pk]) == 1
+    assert credits.credits_reconcile(tenant_ids=[]) == 0
+
+    assert granted(priced) == 4 * PICOS
+    assert granted(globex) == 0
+
+
+def test_prepaid_is_validated_with_the_other_tenant_settings():
+    with pytest.raises(ValidationError) as refused:
+        validate_tenant_config(TenantConfig(prepaid="yes"))
+
+    assert refused.value.message_dict == {"prepaid": ["Prepaid must be true or false."]}
+    validate_tenant_config(TenantConfig(prepaid=True))
 
 
 @pytest.mark.parametrize(

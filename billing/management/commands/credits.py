@@ -30,6 +30,13 @@ def _tenant(slug: str) -> Tenant:
     return first_or_fail(Tenant.objects.filter(slug=slug), f"no tenant with slug {slug!r}")
 
 
+def _who() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container running as an unnamed uid)
+        return "unknown"
+
+
 def _moment(value) -> str:
     return value.strftime("%Y-%m-%dT%H:%MZ") if value else "-"
 
@@ -59,13 +66,13 @@ class Command(ScriptableCommand):
             amount=options["amount"],
             reason=options["reason"],
             expires=options["expires"],
-            actor=f"cli:{getpass.getuser()}",
+            actor=f"cli:{_who()}",
         )
         until = f", expires {_moment(grant.expires_at)}" if grant.expires_at else ""
         balance = credits.credits_balance(tenant)
         self.stdout.write(
-            f"granted {options['amount']} {settings.BILLING_CURRENCY} to {tenant.slug}{until}; "
-            f"balance {money_text(balance.balance)}"
+            f"granted {money_text(grant.amount)} {settings.BILLING_CURRENCY} to {tenant.slug}"
+            f"{until}; balance {money_text(balance.balance)}"
         )
 
     def handle_balance(self, options):
