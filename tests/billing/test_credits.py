@@ -13,7 +13,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, transaction
 
-from billing import credits, exports, spend
+from billing import credits, exports, spend, tasks
 from billing.invoices import invoice_close, invoice_data, invoice_for, month_start
 from billing.models import CreditEntry, UsageRecord
 from billing.pricing import price_set
@@ -137,6 +137,8 @@ def test_expired_credits_lapse_once_and_lower_the_granted_counter(priced, counte
     assert credits.credits_lapse_expired(now=grant.expires_at - timedelta(seconds=1)) == 0
     assert credits.credits_lapse_expired(now=grant.expires_at) == 1
     assert credits.credits_lapse_expired(now=grant.expires_at + timedelta(days=1)) == 0
+    assert tasks.lapse_expired_credits.apply().get() == 0  # beat's task: not expired yet now
+    assert tasks.reconcile_credits.apply().get() == 1
 
     lapse = CreditEntry.objects.get(kind=Kind.LAPSE)
     assert (lapse.grant_id, lapse.amount) == (grant.pk, 2)

@@ -68,3 +68,5 @@ def test_the_tenant_form_sets_prepaid(admin_client, acme):
     assert response.status_code == 302
     acme.refresh_from_db()
     assert acme.prepaid is True
+    page = admin_client.get(f"/admin/tenants/tenant/{acme.pk}/change/").content.decode()
+    assert "Prepaid credits: 0.00 USD left of 0.00 granted (prepaid)." in page
