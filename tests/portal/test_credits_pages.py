@@ -60,6 +60,8 @@ def test_the_invoice_page_shows_usage_credits_applied_and_amount_due(client, ali
     assert "\N{MINUS SIGN}3.00 USD" in page
     assert "<strong>1.00 USD</strong>" in page  # the amount due
     assert "4.00 USD" in page  # the usage
+    listing = client.get("/portal/invoices/").content.decode()
+    assert "3.00 of it paid by prepaid credits, <strong>1.00 USD</strong> due" in listing
 
 
 def test_anonymous_visitors_are_sent_to_sign_in(client):
