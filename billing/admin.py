@@ -17,6 +17,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html_join
 
 from billing import exports
+from billing.admin_credits import CreditEntryAdmin
 from billing.admin_dashboard import usage_dashboard
 from billing.admin_tenants import TenantAdmin
 from billing.downloads import invoice_download
@@ -29,10 +30,19 @@ from billing.invoices import (
     next_month,
     parse_period,
 )
-from billing.models import CreditNote, DailyUsage, Invoice, InvoiceLine, Price, UsageRecord
+from billing.models import (
+    CreditEntry,
+    CreditNote,
+    DailyUsage,
+    Invoice,
+    InvoiceLine,
+    Price,
+    UsageRecord,
+)
 from tenants.models import Tenant
 
 admin.site.register(Tenant, TenantAdmin)
+admin.site.register(CreditEntry, CreditEntryAdmin)
 
 
 class AdminAssets:

@@ -12,6 +12,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from billing import credits
 from billing.selectors import last_days, tokens_by_model, with_month_usage
 from saas_platform.charts import daily_chart
 from saas_platform.errors import PlatformError
@@ -40,7 +41,7 @@ class TenantAdmin(admin.ModelAdmin):
         (None, {"fields": ["slug", "name", "status", "created_at"]}),
         ("Quotas", {"fields": ["max_concurrent_requests", "max_tokens_per_minute",
                                "max_requests_per_minute", "model_allow_list",
-                               "monthly_budget"]}),
+                               "monthly_budget", "prepaid"]}),
     ]  # fmt: skip
     inlines = [MembershipInline, ApiKeyInline]
     actions = ["suspend", "resume"]
@@ -172,6 +173,16 @@ class TenantAdmin(admin.ModelAdmin):
 
     # --- the change page's usage chart ----------------------------------------------------
 
+    @staticmethod
+    def _credits_summary(tenant) -> str:
+        balance = credits.credits_balance(tenant)
+        if not tenant.prepaid and not balance.granted:
+            return ""
+        return (
+            f" Prepaid credits: {balance.balance:,.2f} {balance.currency} left of "
+            f"{balance.granted:,.2f} granted{' (prepaid)' if tenant.prepaid else ''}."
+        )
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = dict(extra_context or {})
         tenant = self.get_object(request, object_id)
@@ -189,6 +200,7 @@ class TenantAdmin(admin.ModelAdmin):
                     else f" of a {tenant.monthly_budget:,.2f} budget"
                 )
                 + "."
+                + self._credits_summary(tenant)
             )
             extra_context["status_url"] = reverse("admin:tenants_tenant_status", args=[tenant.pk])
         return super().change_view(request, object_id, form_url, extra_context)

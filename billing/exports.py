@@ -21,6 +21,9 @@ the end):
     input_price_per_million   price of a million input tokens (0 for an unpriced model)
     output_price_per_million  price of a million output tokens
     amount                    the line's amount, rounded once to the currency's minor unit
+    credits_applied           the invoice's prepaid credits drawn down by its usage (the same
+                              on every row; 0.00 without credits)
+    amount_due                the invoice's total less the credits applied, never below 0
 
 An invoice without lines is the header row alone.
 
@@ -65,7 +68,7 @@ from billing.models import Invoice, UsageRecord
 INVOICE_COLUMNS = (
     "invoice_number", "status", "tenant", "period", "currency", "line_kind", "model",
     "requests", "input_tokens", "output_tokens", "input_price_per_million",
-    "output_price_per_million", "amount",
+    "output_price_per_million", "amount", "credits_applied", "amount_due",
 )  # fmt: skip
 USAGE_COLUMNS = (
     "request_id", "occurred_at", "model", "api_key_prefix", "prompt_tokens",
@@ -160,7 +163,8 @@ def invoice_csv(data: InvoiceData) -> bytes:
         # Numbers as numbers (Decimal's str is the exact string): only text is neutralised.
         writer.writerow([*invoice, str(line.kind), line.model_id, line.requests,
                          line.input_tokens, line.output_tokens, line.input_per_million,
-                         line.output_per_million, line.amount])  # fmt: skip
+                         line.output_per_million, line.amount, data.credits_applied,
+                         data.amount_due])  # fmt: skip
     return out.getvalue().encode()
 
 
@@ -175,6 +179,8 @@ def invoice_json(data: InvoiceData) -> bytes:
             "period": f"{data.period:%Y-%m}",
             "currency": data.currency,
             "total": str(data.total),
+            "credits_applied": str(data.credits_applied),
+            "amount_due": str(data.amount_due),
             "finalized_at": _iso(data.finalized_at),
             "issuer": {
                 "name": settings.BILLING_OPERATOR_NAME,
@@ -308,6 +314,16 @@ def _page_decorations(data: InvoiceData):
     return draw
 
 
+def _credit_paras(data: InvoiceData) -> list:
+    """Usage and the prepaid credits applied to it, above the amount due, when there are any."""
+    if not data.credits_applied:
+        return []
+    return [
+        _para(f"Usage: {data.total:,} {data.currency}"),
+        _para(f"Prepaid credits applied: -{data.credits_applied:,} {data.currency}"),
+    ]
+
+
 def invoice_pdf(data: InvoiceData) -> bytes:
     """The invoice as a PDF to send: issuer, customer, number (or a DRAFT mark), period, issue
     date, a table of lines with right-aligned numbers, and the total."""
@@ -318,7 +334,7 @@ def invoice_pdf(data: InvoiceData) -> bytes:
         bottomMargin=18 * mm, title=f"{title}, {data.tenant.slug} {data.period:%Y-%m}",
         author=settings.BILLING_OPERATOR_NAME,
     )  # fmt: skip
-    total = "Total so far" if _is_draft(data) else "Total due"
+    due = "Total so far" if _is_draft(data) else "Total due"  # after any credits applied
     notes = ("Prices are per million tokens. Late usage: requests of earlier months recorded "
              "after their invoice was issued.")  # fmt: skip
     if _is_draft(data):
@@ -327,7 +343,8 @@ def invoice_pdf(data: InvoiceData) -> bytes:
         *_header(data),
         *_details(data),
         _lines_table(data),
-        _para(f"{total}: {data.total:,} {data.currency}", _TOTAL),
+        *_credit_paras(data),
+        _para(f"{due}: {data.amount_due:,} {data.currency}", _TOTAL),
         Spacer(1, 6 * mm),
         _para(notes, _CELL),
     ]

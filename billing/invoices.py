@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Max, Sum
 from django.utils import timezone
 
-from billing import money
+from billing import credits, money
 from billing.models import CreditNote, Invoice, InvoiceCounter, InvoiceLine, Price, UsageRecord
 from saas_platform.errors import PlatformError
 from tenants.models import Tenant
@@ -51,10 +51,17 @@ class InvoiceData:
     currency: str
     lines: list[Line] = field(default_factory=list)
     finalized_at: datetime | None = None
+    # Prepaid credits drawn down by this invoice's usage (billing.credits), rounded as a line.
+    credits_applied: Decimal = Decimal("0.00")
 
     @property
     def total(self) -> Decimal:
         return sum((line.amount for line in self.lines), Decimal("0.00"))
+
+    @property
+    def amount_due(self) -> Decimal:
+        """The usage less the credits applied, never below zero."""
+        return max(Decimal("0.00"), self.total - self.credits_applied)
 
     @property
     def period_end(self) -> date:
@@ -134,8 +141,16 @@ def _previous_through(tenant, period: date) -> int:
     return previous.covers_through_id if previous else 0
 
 
+def _credits_applied(tenant, period: date, after_id: int, through_id: int, currency: str):
+    return money.round_line(credits.credits_applied(tenant, period, after_id, through_id),
+                            currency)  # fmt: skip
+
+
 def invoice_data(invoice: Invoice) -> InvoiceData:
     """A finalized invoice as exports and pages show it."""
+    applied = _credits_applied(invoice.tenant, invoice.period,
+                               _previous_through(invoice.tenant, invoice.period),
+                               invoice.covers_through_id, invoice.currency)  # fmt: skip
     return InvoiceData(
         tenant=invoice.tenant,
         period=invoice.period,
@@ -143,6 +158,7 @@ def invoice_data(invoice: Invoice) -> InvoiceData:
         number=invoice.number,
         currency=invoice.currency,
         finalized_at=invoice.finalized_at,
+        credits_applied=applied,
         lines=[
             Line(line.kind, line.model_id, line.requests, line.input_tokens,
                  line.output_tokens, line.input_per_million, line.output_per_million,
@@ -158,9 +174,11 @@ def invoice_for(tenant, period: date) -> InvoiceData:
     if invoice is not None:
         return invoice_data(invoice)
     through = UsageRecord.objects.aggregate(top=Max("id"))["top"] or 0
-    lines, currency = _lines(tenant, period, _previous_through(tenant, period), through)
+    after = _previous_through(tenant, period)
+    lines, currency = _lines(tenant, period, after, through)
+    applied = _credits_applied(tenant, period, after, through, currency)
     return InvoiceData(tenant=tenant, period=period, status=Invoice.Status.DRAFT, number=None,
-                       currency=currency, lines=lines)  # fmt: skip
+                       currency=currency, lines=lines, credits_applied=applied)  # fmt: skip
 
 
 def _next_number(series: str, year: int) -> str:

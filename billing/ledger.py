@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from billing import money
+from billing import credits, money
 from billing.models import DailyUsage, UsageRecord
 from billing.pricing import PriceBook
 from billing.usage import UsageEvent
@@ -261,14 +261,17 @@ def _known(events: dict[str, UsageEvent]) -> dict[str, UsageEvent]:
 
 
 def ledger_store(events: list[UsageEvent]) -> StoreResult:
-    """Store events not stored yet, priced at their own time; update rollups. (Running spend is
-    added by the gateway when it settles a request: gateway.admission.)"""
+    """Store events not stored yet, priced at their own time; update rollups; draw the new
+    usage of tenants with credits from their grants (billing.credits). (Running spend is added
+    by the gateway when it settles a request: gateway.admission.)"""
     by_id = _known({event.request_id: event for event in events})
     pricer = _Pricer({event.model for event in by_id.values()})
     rows = _rows(by_id.values(), pricer)
     with transaction.atomic():
         inserted = _insert_new(rows)
-    rows = [r for r in rows if r[0] in inserted]
+        # In the same transaction: a retried batch inserts nothing, so it draws nothing.
+        rows = [r for r in rows if r[0] in inserted]
+        credits.credits_draw(request_ids=inserted, tenant_ids={r[1] for r in rows})
     duplicates, conflicts = _not_stored([e for rid, e in by_id.items() if rid not in inserted])
     metrics.LEDGER_STORED.inc(len(rows))
     return StoreResult(stored=len(rows), duplicates=duplicates, conflicts=conflicts)

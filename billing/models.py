@@ -182,3 +182,50 @@ class CreditNote(models.Model):
 
     def __str__(self) -> str:
         return self.number
+
+
+class CreditEntry(models.Model):
+    """The credit ledger, append-only (the database refuses updates and deletes): grants of
+    prepaid credit, draw-downs of usage from a grant, and lapses of what was left of an expired
+    grant. A tenant's balance is its grants less its draw-downs and lapses (billing.credits)."""
+
+    class Kind(models.TextChoices):
+        GRANT = "grant", "Grant"
+        DRAW = "draw", "Draw-down"
+        LAPSE = "lapse", "Lapse"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="credit_entries")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    amount = models.DecimalField(max_digits=24, decimal_places=12)
+    grant = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="uses",
+        help_text="The grant a draw-down or lapse takes from.",
+    )  # fmt: skip
+    reason = models.CharField(max_length=500, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="A grant's expiry.")
+    actor = models.CharField(max_length=150, blank=True, help_text="Who made a grant.")
+    # A draw-down's usage: its month, and the highest ledger row id it pays for, so an invoice
+    # applies exactly the draw-downs of the usage rows it carries (billing.invoices).
+    period = models.DateField(null=True, blank=True)
+    usage_through_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["tenant_id", "id"]
+        verbose_name = "credit ledger entry"
+        verbose_name_plural = "credit ledger"
+        indexes = [models.Index(fields=["tenant", "kind"], name="credit_tenant_kind")]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(amount__gte=0), name="credit_not_negative"),
+            models.CheckConstraint(
+                condition=models.Q(kind="grant", grant__isnull=True, amount__gt=0)
+                | (~models.Q(kind="grant") & models.Q(grant__isnull=False)),
+                name="credit_grant_shape",
+            ),
+            models.UniqueConstraint(
+                fields=["grant"], condition=models.Q(kind="lapse"), name="credit_lapses_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.kind} {self.amount}"

@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.conf import settings
 
-from billing import ledger, ledger_lag, spend
+from billing import credits, ledger, ledger_lag, spend
 from billing.invoices import invoices_close_due
 
 
@@ -27,3 +27,13 @@ def close_due_invoices() -> int:
 @shared_task(time_limit=60, ignore_result=True, expires=30)
 def watch_ledger_lag() -> None:
     ledger_lag.ledger_lag_check()
+
+
+@shared_task(acks_late=True, time_limit=600, ignore_result=True)
+def lapse_expired_credits() -> int:
+    return credits.credits_lapse_expired()
+
+
+@shared_task(acks_late=True, time_limit=600, ignore_result=True)
+def reconcile_credits() -> int:
+    return credits.credits_reconcile()

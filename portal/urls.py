@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, re_path, reverse_lazy
 
 from portal.forms import PortalPasswordResetForm
-from portal.views import account, invitations, invoices, keys, members, overview, usage
+from portal.views import account, credits, invitations, invoices, keys, members, overview, usage
 
 app_name = "portal"
 
@@ -39,6 +39,7 @@ urlpatterns = [
     path("keys/<int:pk>/limits/", keys.key_limits, name="key_limits"),
     path("usage/", usage.usage, name="usage"),
     path("usage.csv", usage.usage_csv, name="usage_csv"),
+    path("credits/", credits.credit_list, name="credits"),
     path("invoices/", invoices.invoice_list, name="invoices"),
     path("invoices/<str:ref>/", invoices.invoice_detail, name="invoice"),
     re_path(r"^invoices/(?P<ref>[^/]+)/(?P<fmt>pdf|csv|json)$", invoices.invoice_file,

@@ -226,6 +226,9 @@ CELERY_BEAT_SCHEDULE = {
     "ledger-drain": {"task": "billing.tasks.drain_usage_events", "schedule": 1.0},
     # Reset each tenant's running spend from the ledger, the truth.
     "spend-reconcile": {"task": "billing.tasks.reconcile_spend", "schedule": 300.0},
+    # Lapse what is left of expired credit grants; set the credit counters from the ledger.
+    "credits-lapse": {"task": "billing.tasks.lapse_expired_credits", "schedule": 3600.0},
+    "credits-reconcile": {"task": "billing.tasks.reconcile_credits", "schedule": 300.0},
     # Close last month's invoices once the grace period for late events has passed.
     "invoices-close-due": {"task": "billing.tasks.close_due_invoices", "schedule": 3600.0},
     # Each node's heartbeat and idle eviction, on its own queue.

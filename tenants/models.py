@@ -46,6 +46,9 @@ class Tenant(models.Model):
         blank=True,
         help_text="In the operator's currency; empty: no budget.",
     )
+    prepaid = models.BooleanField(
+        default=False, help_text="Admit requests only while prepaid credits cover them."
+    )
 
     class Meta:
         ordering = ["slug"]
@@ -83,6 +86,7 @@ class Tenant(models.Model):
             max_requests_per_minute=self.max_requests_per_minute,
             model_allow_list=list(self.model_allow_list or []),
             monthly_budget=self.monthly_budget,
+            prepaid=self.prepaid,
         )
 
     def clean(self) -> None:

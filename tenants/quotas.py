@@ -28,6 +28,8 @@ class TenantConfig:
     max_requests_per_minute: int | None = None
     model_allow_list: list[str] = field(default_factory=list)
     monthly_budget: Decimal | None = None
+    # Admitted only against prepaid credits (billing.credits), as well as any budget.
+    prepaid: bool = False
 
     def model_allowed(self, model_id: str) -> bool:
         """An empty allow list permits every enabled model (the seed's ModelAllowed)."""
@@ -115,6 +117,8 @@ def validate_tenant_config(config: TenantConfig) -> None:
     message = _budget_error(config.monthly_budget)
     if message:
         errors["monthly_budget"] = message
+    if not isinstance(config.prepaid, bool):
+        errors["prepaid"] = "Prepaid must be true or false."
     if errors:
         raise ValidationError(errors)
 

@@ -20,6 +20,7 @@ URLS_WITHOUT_OBJECTS = {
     "", "login/", "logout/", "tenants/", "password/change/", "password/change/done/",
     "password/reset/", "password/reset/sent/", "password/reset/<uidb64>/<token>/",
     "password/reset/complete/", "keys/", "usage/", "usage.csv", "invoices/", "members/",
+    "credits/",
     # Addressed by the emailed token, for whoever holds it (tests/security/test_invitations.py).
     "invitations/<str:token>/",
 }  # fmt: skip

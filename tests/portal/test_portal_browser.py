@@ -13,6 +13,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 from playwright.sync_api import expect
 
+from billing import credits
 from billing.invoices import invoice_close
 from billing.ledger import ledger_drain
 from billing.models import UsageRecord
@@ -138,6 +139,27 @@ def test_a_member_downloads_an_invoice_pdf(page, gateway, member):
     assert_accessible(page)
 
 
+def test_a_member_sees_prepaid_credits_drawn_and_applied(page, gateway, member):
+    credits.credits_grant(tenant=member, amount=Decimal(5), reason="Prepaid pilot",
+                          expires=timezone.now().date() + timedelta(days=60))  # fmt: skip
+    store(event(member, model="fake", prompt=1_200_000, completion=800_000))  # 11.00 of usage
+
+    sign_in(page, "peter", "tps-report-9")
+    page.get_by_role("link", name="Credits").click()
+    expect(page.get_by_role("heading", name="Prepaid credits")).to_be_visible()
+    expect(page.locator("[data-credit-balance]")).to_have_text("0.00 USD")
+    expect(page.get_by_role("cell", name="Prepaid pilot")).to_be_visible()
+    expect(page.locator("[data-credit-uses] tbody tr")).to_have_count(1)
+    screenshot(page, "portal-credits")
+    assert_accessible(page)
+    page.get_by_role("link", name="Invoices").click()
+    page.get_by_role("link", name="See the lines").click()
+    expect(page.locator("[data-credits-applied]")).to_have_text("\N{MINUS SIGN}5.00 USD")
+    expect(page.locator("[data-amount-due]")).to_have_text("6.00 USD")
+    screenshot(page, "portal-invoice-credits")
+    assert_accessible(page)
+
+
 def test_sign_in_errors_and_the_tenant_chooser(page, gateway, member, acme):
     sign_in(page, "peter", "wrong password")
     expect(page.get_by_text("Please enter a correct username and password")).to_be_visible()
@@ -159,7 +181,8 @@ def test_pages_fit_a_phone_screen(page, gateway, member):
     sign_in(page, "peter", "tps-report-9")
     for name, path in [("overview", "/portal/"), ("keys", "/portal/keys/"),
                        ("usage", "/portal/usage/"), ("invoices", "/portal/invoices/"),
-                       ("members", "/portal/members/")]:  # fmt: skip
+                       ("members", "/portal/members/"),
+                       ("credits", "/portal/credits/")]:  # fmt: skip
         page.goto(path)
         # Wide tables scroll inside their own box; the page itself never scrolls sideways.
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")

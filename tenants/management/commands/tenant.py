@@ -1,3 +1,4 @@
+import argparse
 from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import CommandError
@@ -67,6 +68,12 @@ class Command(ScriptableCommand):
                 help="monthly budget in the operator's currency (default: none; "
                 "'none' is not accepted, use --no-budget on update)",
             )
+            sub.add_argument(
+                "--prepaid",
+                action=argparse.BooleanOptionalAction,
+                help="admit requests only while prepaid credits cover them (`credits grant`)"
+                + (" (default: not prepaid)" if defaults else ""),
+            )
 
         create = actions.add_parser("create", help="register a tenant")
         create.add_argument("slug")
@@ -97,6 +104,7 @@ class Command(ScriptableCommand):
             "max_requests_per_minute",
             "model_allow_list",
             "monthly_budget",
+            "prepaid",
         ]
         return {field: options[field] for field in fields if options.get(field) is not None}
 
@@ -142,7 +150,7 @@ class Command(ScriptableCommand):
             )
 
     def handle_list(self, options):
-        header = ("SLUG", "STATUS", "CONCURRENT", "TPM", "RPM", "BUDGET", "MODELS")
+        header = ("SLUG", "STATUS", "CONCURRENT", "TPM", "RPM", "BUDGET", "PREPAID", "MODELS")
         rows = [header]
         for tenant in Tenant.objects.all():
             rows.append(
@@ -153,6 +161,7 @@ class Command(ScriptableCommand):
                     str(tenant.max_tokens_per_minute),
                     str(tenant.max_requests_per_minute or "-"),
                     str(tenant.monthly_budget if tenant.monthly_budget is not None else "-"),
+                    "yes" if tenant.prepaid else "no",
                     ",".join(tenant.model_allow_list) or "*",
                 )
             )
