@@ -114,14 +114,16 @@ def spend_get(tenant_id: int, month: str) -> int:
     return counter_get(spend_key(tenant_id, month))
 
 
-def spend_reconcile(moment: datetime | None = None) -> None:
-    """Raise every tenant's and key's running spend this month to what the ledger (the truth)
-    has stored: heals a Redis that lost its data, and can never undo a settlement made while
-    it runs."""
+def spend_reconcile(moment: datetime | None = None, *, tenant_ids=None) -> None:
+    """Raise every tenant's (or `tenant_ids`') and key's running spend this month to what the
+    ledger (the truth) has stored: heals a Redis that lost its data, and can never undo a
+    settlement made while it runs."""
     moment = moment or timezone.now()
     start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     month = month_key(moment)
     rows = UsageRecord.objects.filter(occurred_at__gte=start, occurred_at__lte=moment)
+    if tenant_ids is not None:
+        rows = rows.filter(tenant_id__in=set(tenant_ids))
     for row in rows.values("tenant_id").annotate(total=Sum("amount")):
         counter_raise(spend_key(row["tenant_id"], month), money.to_picos(row["total"]),
                       ttl=SPEND_TTL_SECONDS)  # fmt: skip

@@ -23,6 +23,7 @@ from typing import Protocol
 from django.conf import settings
 from redis.exceptions import NoScriptError, RedisError
 
+from billing.credits import credits_reconcile
 from billing.money import from_picos, to_picos, usage_amount
 from billing.pricing import aprice_now
 from billing.spend import (
@@ -33,12 +34,14 @@ from billing.spend import (
     local_counters,
     month_key,
     spend_key,
+    spend_reconcile,
 )
 from gateway.admission_lua import ADMIT, RENEW, SETTLE
 from gateway.parsing import InferenceRequest
 from saas_platform import metrics
 from saas_platform.errors import RateLimited, ServiceUnavailable
 from saas_platform.redis_clients import async_client
+from saas_platform.threads import in_db_thread
 from tenants.refusals import count_refusal
 from tenants.services import Authenticated
 
@@ -388,6 +391,32 @@ class LocalAdmission:
             return len(state.leases)
 
 
+class _EmbeddedCounters:
+    """The embedded default keeps the money counters in this process's memory, so it loads a
+    tenant's from the ledgers when it first sees the tenant and again every
+    CATALOG_CACHE_SECONDS: spend stored before a restart, and credits granted by another
+    process (`credits grant`)."""
+
+    def __init__(self):
+        self.loaded_at: dict[int, float] = {}
+        self._load = in_db_thread(self._load_now)
+
+    @staticmethod
+    def _load_now(tenant_id: int) -> None:
+        spend_reconcile(tenant_ids=[tenant_id])
+        credits_reconcile(tenant_ids=[tenant_id])
+
+    async def ensure(self, tenant_id: int) -> None:
+        now = time.monotonic()
+        if now - self.loaded_at.get(tenant_id, float("-inf")) <= settings.CATALOG_CACHE_SECONDS:
+            return
+        self.loaded_at[tenant_id] = now
+        await self._load(tenant_id)
+
+
+_embedded_counters = _EmbeddedCounters()
+
+
 _backends: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AdmissionBackend]" = (
     weakref.WeakKeyDictionary()
 )
@@ -593,7 +622,7 @@ def _holds_cost(caller: Authenticated) -> bool:
     """Whether anything limits this request's cost (only then is a price looked up)."""
     return (
         caller.tenant.monthly_budget is not None
-        or getattr(caller.tenant, "prepaid", False)
+        or caller.tenant.prepaid
         or caller.api_key.limits.monthly_budget is not None
     )
 
@@ -608,7 +637,7 @@ async def acquire(
     subject = Subject(
         tenant_id=tenant.pk,
         key_id=key.pk if key.limits.counted else None,
-        prepaid=getattr(tenant, "prepaid", False),
+        prepaid=tenant.prepaid,
     )
     limits = _limits(caller)
     tokens = request.reservation()
@@ -619,6 +648,8 @@ async def acquire(
             usage_amount(request.most_prompt_tokens(), request.most_completion_tokens(), price)
         )
     chosen = backend()
+    if chosen is _local and hold:
+        await _embedded_counters.ensure(tenant.pk)
     try:
         decision = await chosen.admit(subject, lease_id, limits, tokens, hold)
     except (RedisError, OSError) as error:

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tenants', '0003_names_without_controls'),
+        ("tenants", "0004_tenant_prepaid"),
     ]
 
     operations = [
