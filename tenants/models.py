@@ -44,6 +44,12 @@ class Tenant(models.Model):
         blank=True,
         help_text="In the operator's currency; empty: no budget.",
     )
+    sso_required = models.BooleanField(
+        "SSO required",
+        default=False,
+        help_text="Members sign in through the identity provider only: no password sign-in and "
+        "no password reset.",
+    )
 
     class Meta:
         ordering = ["slug"]
@@ -81,6 +87,7 @@ class Tenant(models.Model):
             max_requests_per_minute=self.max_requests_per_minute,
             model_allow_list=list(self.model_allow_list or []),
             monthly_budget=self.monthly_budget,
+            sso_required=self.sso_required,
         )
 
     def clean(self) -> None:

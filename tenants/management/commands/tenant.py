@@ -1,3 +1,4 @@
+import argparse
 from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import CommandError
@@ -67,6 +68,11 @@ class Command(ScriptableCommand):
                 help="monthly budget in the operator's currency (default: none; "
                 "'none' is not accepted, use --no-budget on update)",
             )
+            sub.add_argument(
+                "--sso-required",
+                action=argparse.BooleanOptionalAction,
+                help="members sign in through single sign-on only (default: no)",
+            )
 
         create = actions.add_parser("create", help="register a tenant")
         create.add_argument("slug")
@@ -97,6 +103,7 @@ class Command(ScriptableCommand):
             "max_requests_per_minute",
             "model_allow_list",
             "monthly_budget",
+            "sso_required",
         ]
         return {field: options[field] for field in fields if options.get(field) is not None}
 
