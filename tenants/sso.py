@@ -88,10 +88,11 @@ def password_sign_in_refused(user) -> bool:
     return Membership.objects.filter(user=user, tenant__sso_required=True).exists()
 
 
-def logout_url(request) -> str | None:
-    """The provider's RP-initiated logout for this session, or None when the session did not
+def logout_url(request, *, return_to: str) -> str | None:
+    """The provider's RP-initiated logout for this session, coming back to `return_to` (an
+    address the provider has registered for this client), or None when the session did not
     come from single sign-on or the provider has no end_session_endpoint. Read before the local
-    session ends (it holds the ID token)."""
+    session ends: it holds the ID token."""
     id_token = request.session.get("oidc_id_token")
     if not settings.SSO_ENABLED or not id_token:
         return None
@@ -101,11 +102,8 @@ def logout_url(request) -> str | None:
         return None
     if not endpoint:
         return None
-    query = urlencode({
-        "id_token_hint": id_token,
-        "client_id": settings.OIDC_CLIENT_ID,
-        "post_logout_redirect_uri": f"{settings.SITE_URL.rstrip('/')}/portal/login/",
-    })  # fmt: skip
+    hint = {"id_token_hint": id_token, "client_id": settings.OIDC_CLIENT_ID}
+    query = urlencode({**hint, "post_logout_redirect_uri": return_to})
     return f"{endpoint}?{query}"
 
 
@@ -154,8 +152,18 @@ class SsoBackend(OIDCAuthenticationBackend):
         return payload
 
     def verify_claims(self, claims) -> bool:
-        # An address the provider says it has not verified must not match an existing account.
-        return bool(claims.get("email")) and claims.get("email_verified") is not False
+        # Accounts are found by email address: one the provider has not verified must not
+        # match (and so take over) an existing account.
+        if not claims.get("email") or claims.get("email_verified") is False:
+            self.request.sso_refusal = "unverified_email"
+            return False
+        return True
+
+    def filter_users_by_claims(self, claims):
+        users = super().filter_users_by_claims(claims)
+        if len(users) > 1:  # the library refuses then; say why
+            self.request.sso_refusal = "ambiguous_email"
+        return users
 
     def create_user(self, claims):
         # No account is kept for someone the claims give nothing here.

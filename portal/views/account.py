@@ -64,7 +64,10 @@ class LogoutView(auth_views.LogoutView):
     provider's too (RP-initiated logout: the browser goes there, and comes back to sign-in)."""
 
     def post(self, request, *args, **kwargs):
-        at_provider = logout_url(request)  # before the session, which holds the ID token, ends
+        # Read before the session, which holds the ID token, ends. Back to SITE_URL's sign-in
+        # page, the address registered at the provider (never the request's Host).
+        return_to = f"{settings.SITE_URL.rstrip('/')}{reverse('portal:login')}"
+        at_provider = logout_url(request, return_to=return_to)
         response = super().post(request, *args, **kwargs)
         return redirect(at_provider) if at_provider else response
 

@@ -24,6 +24,12 @@ REFUSALS = {
     "no_access": (403, "No access here",
                   "Your account at the identity provider does not give you access to any tenant "
                   "of this platform. Ask your organisation's administrator to add you to one."),
+    "unverified_email": (403, "Email address not verified",
+                         "The identity provider sent no verified email address, which is how "
+                         "your account here is found. Verify it there and sign in again."),
+    "ambiguous_email": (403, "More than one account",
+                        "More than one account here has your email address. Contact the "
+                        "operator."),
     "inactive": (403, "Account disabled",
                  "Your account here is disabled. Contact the operator."),
     "invalid_callback": (400, "This sign-in cannot be completed",

@@ -1,6 +1,7 @@
 // A real OpenID Connect provider for the single sign-on tests: node's oidc-provider (npm, a
 // development dependency) on loopback, with one client (ours) and the users of a JSON file
-// that the tests rewrite between sign-ins ({"login": {"email": ..., "groups": [...]}}), read
+// that the tests rewrite between sign-ins ({"login": {"email": ..., "groups": [...],
+// "email_verified": true by default}}), read
 // at every lookup. Its development sign-in form takes any password: the tests prove our side
 // of the protocol, not the provider's passwords.
 //
@@ -41,7 +42,8 @@ const provider = new Provider(issuer, {
     return {
       accountId: id,
       async claims() {
-        return { sub: id, email: user.email, email_verified: true, groups: user.groups };
+        const verified = user.email_verified ?? true;
+        return { sub: id, email: user.email, email_verified: verified, groups: user.groups };
       },
     };
   },

@@ -105,6 +105,16 @@ def test_someone_the_claims_give_nothing_gets_no_account(sso_page, site):
     assert not get_user_model().objects.filter(email="eve@elsewhere.example").exists()
 
 
+def test_an_unverified_address_does_not_take_over_an_account(sso_page, site, alice):
+    site.set_users({"mallory": {"email": "alice@example.com", "email_verified": False,
+                                "groups": ["tenant:acme:owner"]}})  # fmt: skip
+    portal_sso_sign_in(sso_page, "mallory")
+    expect(sso_page.get_by_role("heading", name="Email address not verified")).to_be_visible()
+    sso_page.goto("/portal/")
+    expect(sso_page).to_have_url(re.compile(r"/portal/login/"))
+    assert get_user_model().objects.count() == 1
+
+
 def test_staff_sign_in_to_the_admin_through_the_provider(sso_page, site):
     page = sso_page
     site.set_users({"grace": {"email": "grace@operator.example", "groups": [STAFF_GROUP]}})
