@@ -240,14 +240,18 @@ class SsoAccess:
 _ROLE_RANK = {Membership.Role.MEMBER: 0, Membership.Role.OWNER: 1}
 
 
+def _claim_values(claims: dict) -> list:
+    values = claims.get(settings.OIDC_TENANTS_CLAIM) or []
+    if isinstance(values, str):  # some providers send a single group as a string
+        return [values]
+    return values if isinstance(values, list) else []
+
+
 def _roles_from_claims(claims: dict) -> dict[str, str]:
     """tenant:<slug>:owner|member values of OIDC_TENANTS_CLAIM as {slug: role}; other values
     are ignored, and of two roles for one tenant the higher wins."""
-    values = claims.get(settings.OIDC_TENANTS_CLAIM) or []
-    if isinstance(values, str):  # some providers send a single group as a string
-        values = [values]
     roles: dict[str, str] = {}
-    for value in values if isinstance(values, list) else []:
+    for value in _claim_values(claims):
         parts = value.split(":") if isinstance(value, str) else []
         if len(parts) != 3 or parts[0] != "tenant" or parts[2] not in _ROLE_RANK:
             continue
@@ -255,13 +259,6 @@ def _roles_from_claims(claims: dict) -> dict[str, str]:
         if slug not in roles or _ROLE_RANK[role] > _ROLE_RANK[roles[slug]]:
             roles[slug] = role
     return roles
-
-
-def _staff_from_claims(claims: dict) -> bool:
-    values = claims.get(settings.OIDC_TENANTS_CLAIM) or []
-    if isinstance(values, str):
-        values = [values]
-    return settings.OIDC_STAFF_GROUP in values if isinstance(values, list) else False
 
 
 @transaction.atomic
@@ -294,7 +291,7 @@ def membership_sync_from_claims(*, user, claims: dict) -> SsoAccess:
             membership.role = wanted[slug]
         memberships.append(membership)
     if settings.OIDC_STAFF_GROUP:
-        staff = _staff_from_claims(claims)
+        staff = settings.OIDC_STAFF_GROUP in _claim_values(claims)
         if (user.is_staff, user.is_superuser) != (staff, staff):
             user.is_staff = user.is_superuser = staff
             user.save(update_fields=["is_staff", "is_superuser"])

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 
 from tenants import services
 from tenants.models import Membership, Tenant
-from tests.browser import open_page, screenshot, sign_in
+from tests.browser import assert_accessible, open_page, screenshot, sign_in
 from tests.oidc.server import STAFF_GROUP, sso_site
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -92,6 +92,7 @@ def test_member_signs_in_and_the_providers_claims_decide_at_each_sign_in(sso_pag
     portal_sso_sign_in(page, "ada")
     expect(page.get_by_role("heading", name="No access here")).to_be_visible()
     screenshot(page, "sso-no-access")
+    assert_accessible(page)
     assert roles_of("ada@acme.example") == {}
     page.goto("/portal/")
     expect(page).to_have_url(re.compile(r"/portal/login/"))
@@ -153,6 +154,7 @@ def test_a_tenant_that_requires_sso_refuses_the_password_form(sso_page, site, se
     expect(page.get_by_text("Your organisation signs in through single sign-on")).to_be_visible()
     expect(page).to_have_url(re.compile(r"/portal/login/"))
     screenshot(page, "sso-required-password-refused")
+    assert_accessible(page)  # the sign-in page with its single sign-on button
 
     # The same account through the provider (matched by its email address) gets in.
     page.get_by_role("link", name="Sign in with single sign-on").click()
