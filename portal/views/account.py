@@ -72,6 +72,12 @@ class LogoutView(auth_views.LogoutView):
         return redirect(at_provider) if at_provider else response
 
 
+def admin_logout(request, extra_context=None):
+    """The admin's "Log out" (AdminSite.logout's signature): as the portal's sign-out, the
+    provider's session included, then back to the admin's sign-in page."""
+    return LogoutView.as_view(next_page="admin:login")(request)
+
+
 class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     """A link sent before the member's tenant required single sign-on no longer works."""
 

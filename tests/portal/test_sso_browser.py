@@ -132,8 +132,9 @@ def test_staff_sign_in_to_the_admin_through_the_provider(sso_page, site):
 
     # No longer staff at the provider: not staff here from the next sign-in.
     site.set_users({"grace": {"email": "grace@operator.example", "groups": []}})
-    page.goto("/portal/")  # the portal's sign-out (the admin's own ends only this session)
-    sign_out(page)
+    page.get_by_role("button", name="Log out").click()  # the admin's, the provider's too
+    page.get_by_role("button", name="Yes, sign me out").click()
+    expect(page).to_have_url(re.compile(r"/portal/login/$"))
     portal_sso_sign_in(page, "grace")
     expect(page.get_by_role("heading", name="No access here")).to_be_visible()
     grace.refresh_from_db()
