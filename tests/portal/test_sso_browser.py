@@ -69,6 +69,7 @@ def test_member_signs_in_and_the_providers_claims_decide_at_each_sign_in(sso_pag
     portal_sso_sign_in(page, "ada")
     expect(page.get_by_role("heading", name="Acme Corp")).to_be_visible()
     expect(page.get_by_role("link", name="Members")).to_have_count(0)  # a member, not an owner
+    expect(page.get_by_role("link", name="Password")).to_have_count(0)  # they have none here
     screenshot(page, "sso-portal-member")
     assert roles_of("ada@acme.example") == {"acme": "member"}
     ada = get_user_model().objects.get(email="ada@acme.example")
