@@ -34,7 +34,7 @@ def _short(n: int) -> str:
 class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "status_badge", "quota", "month_tokens_display",
                     "month_spend_display", "budget_use"]  # fmt: skip
-    list_filter = ["status"]
+    list_filter = ["status", "sso_required"]
     search_fields = ["slug", "name"]
     readonly_fields = ["status", "created_at"]
     fieldsets = [
@@ -42,6 +42,7 @@ class TenantAdmin(admin.ModelAdmin):
         ("Quotas", {"fields": ["max_concurrent_requests", "max_tokens_per_minute",
                                "max_requests_per_minute", "model_allow_list",
                                "monthly_budget", "prepaid"]}),
+        ("Sign-in", {"fields": ["sso_required"]}),
     ]  # fmt: skip
     inlines = [MembershipInline, ApiKeyInline]
     actions = ["suspend", "resume"]

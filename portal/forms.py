@@ -3,15 +3,18 @@ from urllib.parse import urlsplit
 
 from django import forms
 from django.conf import settings
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import get_user_model
-from django.contrib.auth.forms import PasswordResetForm
+from django.contrib.auth.forms import AuthenticationForm, PasswordResetForm
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils import timezone
 
+from portal.sign_ins import sign_in_failed, sign_in_succeeded
 from saas_platform.text import validate_display_name
 from tenants.models import Membership
 from tenants.quotas import BUDGET_DECIMAL_PLACES, BUDGET_MAX_DIGITS, KeyLimits, validate_key_limits
+from tenants.sso import password_sign_in_refused
 
 MAX_USAGE_SPAN_DAYS = 366
 
@@ -146,8 +149,13 @@ class PortalPasswordResetForm(PasswordResetForm):
     accounts (staff reset passwords in the admin or with `manage.py changepassword`)."""
 
     def get_users(self, email):
-        users = get_user_model()._default_manager.filter(
-            email__iexact=email, is_active=True, is_staff=False, is_superuser=False
+        # Nor to members of a tenant that requires single sign-on: their password is not used.
+        users = (
+            get_user_model()
+            ._default_manager.filter(
+                email__iexact=email, is_active=True, is_staff=False, is_superuser=False
+            )
+            .exclude(memberships__tenant__sso_required=True)
         )
         return (user for user in users if user.has_usable_password() or user.memberships.exists())
 
@@ -156,3 +164,37 @@ class PortalPasswordResetForm(PasswordResetForm):
         site = urlsplit(settings.SITE_URL)
         kwargs.update(domain_override=site.netloc, use_https=site.scheme == "https")
         return super().save(**kwargs)
+
+
+SSO_REQUIRED_MESSAGE = (
+    "Your organisation signs in through single sign-on: use “Sign in with single sign-on”."
+)
+
+
+class PasswordSignInMixin:
+    """The portal's and the admin's password forms: refused for members of a tenant that
+    requires single sign-on, and every attempt's outcome reported once (portal/sign_ins.py)."""
+
+    def confirm_login_allowed(self, user):
+        super().confirm_login_allowed(user)
+        if password_sign_in_refused(user):
+            raise forms.ValidationError(SSO_REQUIRED_MESSAGE, code="sso_required")
+
+    def clean(self):
+        try:
+            cleaned = super().clean()
+        except forms.ValidationError as error:
+            sign_in_failed(self.request, method="password", reason=error.code or "invalid_login",
+                           username=str(self.data.get("username", "")))  # fmt: skip
+            raise
+        if self.get_user() is not None:  # None: a field was left empty, nothing was tried
+            sign_in_succeeded(self.request, user=self.get_user(), method="password")
+        return cleaned
+
+
+class PortalSignInForm(PasswordSignInMixin, AuthenticationForm):
+    pass
+
+
+class AdminSignInForm(PasswordSignInMixin, AdminAuthenticationForm):
+    pass

@@ -2,7 +2,17 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, re_path, reverse_lazy
 
 from portal.forms import PortalPasswordResetForm
-from portal.views import account, credits, invitations, invoices, keys, members, overview, usage
+from portal.views import (
+    account,
+    credits,
+    invitations,
+    invoices,
+    keys,
+    members,
+    overview,
+    sso,
+    usage,
+)
 
 app_name = "portal"
 
@@ -14,7 +24,9 @@ def _auth(view, template: str, **options):
 urlpatterns = [
     path("", overview.overview, name="overview"),
     path("login/", account.LoginView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("logout/", account.LogoutView.as_view(), name="logout"),
+    path("sso/login/", sso.SsoLoginView.as_view(), name="sso_login"),
+    path("sso/callback/", sso.SsoCallbackView.as_view(), name="sso_callback"),
     path("tenants/", account.tenant_choose, name="tenant_choose"),
     path("password/change/", _auth(auth_views.PasswordChangeView, "portal/password_change.html",
          success_url=reverse_lazy("portal:password_change_done")), name="password_change"),
@@ -27,7 +39,7 @@ urlpatterns = [
          success_url=reverse_lazy("portal:password_reset_done")), name="password_reset"),
     path("password/reset/sent/", _auth(auth_views.PasswordResetDoneView,
          "portal/password_reset_done.html"), name="password_reset_done"),
-    path("password/reset/<uidb64>/<token>/", _auth(auth_views.PasswordResetConfirmView,
+    path("password/reset/<uidb64>/<token>/", _auth(account.PasswordResetConfirmView,
          "portal/password_reset_confirm.html",
          success_url=reverse_lazy("portal:password_reset_complete")),
          name="password_reset_confirm"),

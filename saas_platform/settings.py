@@ -6,6 +6,7 @@ cache and limiter, eager Celery); setting them gives the production shape. READM
 
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -373,6 +374,44 @@ AXES_LOCKOUT_TEMPLATE = "portal/locked_out.html"
 AXES_VERBOSE = False
 # Attempts are kept in the database (django-axes' default), where staff see and clear lockouts
 # in the admin; `manage.py axes_reset` clears them all.
+
+# --- Single sign-on (OpenID Connect), through mozilla-django-oidc (tenants/sso.py): off while
+# OIDC_ISSUER is unset. The provider's endpoints come from its discovery document
+# (OIDC_ISSUER/.well-known/openid-configuration), read at the first sign-in, not here.
+OIDC_ISSUER = env_str("OIDC_ISSUER").rstrip("/")
+SSO_ENABLED = bool(OIDC_ISSUER)
+OIDC_CLIENT_ID = env_str("OIDC_CLIENT_ID")
+OIDC_CLIENT_SECRET = env_str("OIDC_CLIENT_SECRET")
+# The claim whose values (tenant:<slug>:owner|member) are the person's memberships, and the
+# value in it that makes them staff (the operator's admin); unset: SSO never changes staff.
+OIDC_TENANTS_CLAIM = env_str("OIDC_TENANTS_CLAIM", "groups")
+OIDC_STAFF_GROUP = env_str("OIDC_STAFF_GROUP")
+OIDC_SCOPES = env_str("OIDC_SCOPES", "openid email groups")
+if SSO_ENABLED:
+    if not (OIDC_CLIENT_ID and OIDC_CLIENT_SECRET):
+        raise ImproperlyConfigured("OIDC_ISSUER is set: OIDC_CLIENT_ID and OIDC_CLIENT_SECRET too")
+    if not OIDC_ISSUER.startswith(("https://", "http://")):
+        raise ImproperlyConfigured(f"OIDC_ISSUER must be an http(s) URL, got {OIDC_ISSUER!r}")
+    AUTHENTICATION_BACKENDS.append("tenants.sso.SsoBackend")
+    # Sign-out is a form whose answer redirects to the provider's end_session_endpoint, which
+    # the browser follows only if form-action allows the provider's origin.
+    _issuer = urlsplit(OIDC_ISSUER)
+    SECURE_CSP["form-action"].append(f"{_issuer.scheme}://{_issuer.netloc}")
+# mozilla-django-oidc's own settings, from ours. State, nonce and the PKCE verifier are its
+# checks; the ID token's signature is checked against the provider's JWKS (RS256 unless
+# OIDC_SIGN_ALGO says otherwise).
+OIDC_RP_CLIENT_ID = OIDC_CLIENT_ID
+OIDC_RP_CLIENT_SECRET = OIDC_CLIENT_SECRET
+OIDC_RP_SCOPES = OIDC_SCOPES
+OIDC_RP_SIGN_ALGO = env_str("OIDC_SIGN_ALGO", "RS256")
+OIDC_USE_PKCE = True
+OIDC_USE_NONCE = True
+OIDC_TOKEN_USE_BASIC_AUTH = True
+# The ID token is kept in the session for the provider's sign-out (id_token_hint).
+OIDC_STORE_ID_TOKEN = True
+OIDC_TIMEOUT = env_int("OIDC_TIMEOUT_SECONDS", 10, minimum=1)
+OIDC_AUTHENTICATION_CALLBACK_URL = "portal:sso_callback"
+OIDC_USERNAME_ALGO = "tenants.sso.username_for"
 
 # --- Email (password resets, member invitations). The emails carry links that sign a person in:
 # printed on the console, they would land in the server's log. So the console is the default

@@ -49,6 +49,12 @@ class Tenant(models.Model):
     prepaid = models.BooleanField(
         default=False, help_text="Admit requests only while prepaid credits cover them."
     )
+    sso_required = models.BooleanField(
+        "SSO required",
+        default=False,
+        help_text="Members sign in through the identity provider only: no password sign-in and "
+        "no password reset.",
+    )
 
     class Meta:
         ordering = ["slug"]
@@ -87,6 +93,7 @@ class Tenant(models.Model):
             model_allow_list=list(self.model_allow_list or []),
             monthly_budget=self.monthly_budget,
             prepaid=self.prepaid,
+            sso_required=self.sso_required,
         )
 
     def clean(self) -> None:

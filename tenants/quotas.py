@@ -1,4 +1,5 @@
-"""A tenant's quota configuration and its one validation (the seed's TenantConfig.Validate).
+"""A tenant's quota configuration (and its sign-in rule, `sso_required`) and its one validation
+(the seed's TenantConfig.Validate).
 
 The model, the admin, the API and the CLI all validate through `validate_tenant_config`, so a
 limit is refused with the same message wherever it is set.
@@ -30,6 +31,8 @@ class TenantConfig:
     monthly_budget: Decimal | None = None
     # Admitted only against prepaid credits (billing.credits), as well as any budget.
     prepaid: bool = False
+    # Its members sign in through the identity provider only (no password, no password reset).
+    sso_required: bool = False
 
     def model_allowed(self, model_id: str) -> bool:
         """An empty allow list permits every enabled model (the seed's ModelAllowed)."""
@@ -96,6 +99,15 @@ def _budget_error(budget) -> str | None:
     return None
 
 
+def _sso_required_error(required) -> str | None:
+    if not isinstance(required, bool):
+        return "SSO required must be true or false."
+    if required and not settings.SSO_ENABLED:
+        # Its members could not sign in at all.
+        return "SSO required needs single sign-on configured (OIDC_ISSUER)."
+    return None
+
+
 def validate_tenant_config(config: TenantConfig) -> None:
     """Raise ValidationError mapping each bad field to a message that names it."""
     errors: dict[str, str] = {}
@@ -119,6 +131,9 @@ def validate_tenant_config(config: TenantConfig) -> None:
         errors["monthly_budget"] = message
     if not isinstance(config.prepaid, bool):
         errors["prepaid"] = "Prepaid must be true or false."
+    message = _sso_required_error(config.sso_required)
+    if message:
+        errors["sso_required"] = message
     if errors:
         raise ValidationError(errors)
 

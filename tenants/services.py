@@ -223,6 +223,82 @@ def membership_remove(*, membership: Membership) -> None:
     membership.delete()
 
 
+# --- single sign-on ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SsoAccess:
+    """What a person's identity-provider claims gave them at this sign-in."""
+
+    memberships: list[Membership]
+    is_staff: bool
+
+    @property
+    def grants_anything(self) -> bool:
+        return self.is_staff or bool(self.memberships)
+
+
+_ROLE_RANK = {Membership.Role.MEMBER: 0, Membership.Role.OWNER: 1}
+
+
+def _claim_values(claims: dict) -> list:
+    values = claims.get(settings.OIDC_TENANTS_CLAIM) or []
+    if isinstance(values, str):  # some providers send a single group as a string
+        return [values]
+    return values if isinstance(values, list) else []
+
+
+def _roles_from_claims(claims: dict) -> dict[str, str]:
+    """tenant:<slug>:owner|member values of OIDC_TENANTS_CLAIM as {slug: role}; other values
+    are ignored, and of two roles for one tenant the higher wins."""
+    roles: dict[str, str] = {}
+    for value in _claim_values(claims):
+        parts = value.split(":") if isinstance(value, str) else []
+        if len(parts) != 3 or parts[0] != "tenant" or parts[2] not in _ROLE_RANK:
+            continue
+        slug, role = parts[1], parts[2]
+        if slug not in roles or _ROLE_RANK[role] > _ROLE_RANK[roles[slug]]:
+            roles[slug] = role
+    return roles
+
+
+@transaction.atomic
+def membership_sync_from_claims(*, user, claims: dict) -> SsoAccess:
+    """Make `user`'s memberships (and staff flag) what their identity provider's claims say, at
+    each single sign-on (just in time): memberships of the tenants the claim names are created
+    or get the claimed role; those it no longer names are removed, so access withdrawn at the
+    provider ends at the next sign-in. The provider is the authority here, so this may leave a
+    tenant without an owner (unlike the portal's and admin's changes); tenants that do not exist
+    are ignored. Staff (and the admin's superuser rights, the operator's role) follow
+    OIDC_STAFF_GROUP when it is set, and are left alone when it is not."""
+    wanted = _roles_from_claims(claims)
+    tenants = {tenant.slug: tenant for tenant in Tenant.objects.filter(slug__in=wanted)}
+    current = {
+        membership.tenant.slug: membership
+        for membership in Membership.objects.select_for_update()
+        .filter(user=user)
+        .select_related("tenant")
+    }
+    for slug, membership in current.items():
+        if slug not in tenants:
+            membership.delete()
+    memberships = []
+    for slug, tenant in sorted(tenants.items()):
+        membership = current.get(slug)
+        if membership is None:
+            membership = Membership.objects.create(tenant=tenant, user=user, role=wanted[slug])
+        elif membership.role != wanted[slug]:
+            Membership.objects.filter(pk=membership.pk).update(role=wanted[slug])
+            membership.role = wanted[slug]
+        memberships.append(membership)
+    if settings.OIDC_STAFF_GROUP:
+        staff = settings.OIDC_STAFF_GROUP in _claim_values(claims)
+        if (user.is_staff, user.is_superuser) != (staff, staff):
+            user.is_staff = user.is_superuser = staff
+            user.save(update_fields=["is_staff", "is_superuser"])
+    return SsoAccess(memberships=memberships, is_staff=user.is_staff)
+
+
 # --- API keys ------------------------------------------------------------------------------
 
 

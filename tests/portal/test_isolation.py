@@ -23,6 +23,8 @@ URLS_WITHOUT_OBJECTS = {
     "credits/",
     # Addressed by the emailed token, for whoever holds it (tests/security/test_invitations.py).
     "invitations/<str:token>/",
+    # Single sign-on: the session's own state decides (tests/portal/test_sso_browser.py).
+    "sso/login/", "sso/callback/",
 }  # fmt: skip
 URLS_WITH_OBJECTS = {
     "keys/<int:pk>/revoke/": ("POST", "key"),

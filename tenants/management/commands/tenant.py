@@ -74,6 +74,11 @@ class Command(ScriptableCommand):
                 help="admit requests only while prepaid credits cover them (`credits grant`)"
                 + (" (default: not prepaid)" if defaults else ""),
             )
+            sub.add_argument(
+                "--sso-required",
+                action=argparse.BooleanOptionalAction,
+                help="members sign in through single sign-on only (default: no)",
+            )
 
         create = actions.add_parser("create", help="register a tenant")
         create.add_argument("slug")
@@ -105,6 +110,7 @@ class Command(ScriptableCommand):
             "model_allow_list",
             "monthly_budget",
             "prepaid",
+            "sso_required",
         ]
         return {field: options[field] for field in fields if options.get(field) is not None}
 
