@@ -17,7 +17,7 @@ import socket
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import orjson
@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from billing import money, spend
+from billing import alerts, money, spend
 from billing.models import DailyUsage, UsageRecord
 from billing.pricing import PriceBook
 from billing.usage import UsageEvent
@@ -282,6 +282,12 @@ def ledger_store(events: list[UsageEvent]) -> StoreResult:
         added[(r[1], months[moment])] += micros[amount]
     spend.spend_add_many({key: value for key, value in added.items() if value})
     metrics.LEDGER_STORED.inc(len(rows))
+    _crash_if("before_alerts")
+    # Every event's (tenant, month), duplicates too: a batch retried after a crash between its
+    # commit and this check is checked again; the alerts' constraint keeps each one once.
+    alerts.alerts_check(
+        (int(e.tenant_id), date(*time.gmtime(e.timestamp)[:2], 1)) for e in by_id.values()
+    )
     return StoreResult(stored=len(rows), duplicates=duplicates, conflicts=conflicts)
 
 

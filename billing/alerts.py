@@ -1,0 +1,152 @@
+"""Spend alerts: decided by the ledger after a batch is stored, never on the request path.
+
+Each rule measures one "scope" of a tenant's spend against its limit (`Measure`); the tenant's
+monthly budget is the one scope today. A key's own budget is another function returning a
+Measure per key (`scope_ref` the key's prefix); a prepaid balance is one whose `period` names the
+crossing (the balance's top-up), so it fires once per crossing. `alerts_check` does the rest
+alike for every scope: a threshold reached makes one `SpendAlert` row, whose unique constraint
+makes it once per scope, period and threshold however often a batch is re-checked (a retried
+drain, a restarted worker, two drains at once); the row, its webhook event and its email go
+together.
+"""
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Sum
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from billing.invoices import next_month
+from billing.models import DailyUsage, SpendAlert
+from billing.webhook_delivery import owners_email
+from billing.webhooks import webhook_event_emit
+from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Measure:
+    tenant: Tenant
+    scope: str
+    scope_ref: str
+    period: date
+    spend: Decimal
+    limit: Decimal
+    currency: str
+
+
+def tenant_budget_measures(pairs: set[tuple[int, date]]) -> list[Measure]:
+    """Each tenant's spend in a month against its monthly budget (tenants with one)."""
+    tenants = Tenant.objects.in_bulk(
+        {tenant_id for tenant_id, _period in pairs}
+    )  # one query; budgets are read fresh
+    measures = []
+    for tenant_id, period in sorted(pairs):
+        tenant = tenants.get(tenant_id)
+        if tenant is None or not tenant.monthly_budget or tenant.monthly_budget <= 0:
+            continue
+        spent = DailyUsage.objects.filter(
+            tenant_id=tenant_id, day__gte=period, day__lt=next_month(period)
+        ).aggregate(total=Sum("amount"))["total"] or Decimal(0)
+        measures.append(
+            Measure(tenant=tenant, scope=SpendAlert.Scope.TENANT_BUDGET, scope_ref="",
+                    period=period, spend=spent, limit=tenant.monthly_budget,
+                    currency=settings.BILLING_CURRENCY)  # fmt: skip
+        )
+    return measures
+
+
+# Every scope's rule; each returns the Measures for the (tenant, month) pairs a batch touched.
+SCOPES = (tenant_budget_measures,)
+
+
+def _reached(measure: Measure) -> list[int]:
+    return [
+        threshold
+        for threshold in sorted(settings.SPEND_ALERT_THRESHOLDS)
+        if measure.spend * 100 >= measure.limit * threshold
+    ]
+
+
+def alerts_check(pairs: Iterable[tuple[int, date]]) -> list[SpendAlert]:
+    """Fire the thresholds reached for these (tenant, month) pairs and not fired yet; return
+    the alerts made now."""
+    pairs = set(pairs)
+    if not pairs:
+        return []
+    made = []
+    for rule in SCOPES:
+        for measure in rule(pairs):
+            for threshold in _reached(measure):
+                alert = _fire(measure, threshold)
+                if alert is not None:
+                    made.append(alert)
+    return made
+
+
+@transaction.atomic
+def _fire(measure: Measure, threshold: int) -> SpendAlert | None:
+    alert, created = SpendAlert.objects.get_or_create(
+        tenant=measure.tenant, scope=measure.scope, scope_ref=measure.scope_ref,
+        period=measure.period, threshold=threshold,
+        defaults={"spend": measure.spend, "budget": measure.limit,
+                  "currency": measure.currency},
+    )  # fmt: skip
+    if not created:
+        return None
+    data = {
+        "scope": measure.scope,
+        "threshold": threshold,
+        "spend": str(measure.spend.quantize(Decimal("0.000001"))),
+        "budget": str(measure.limit),
+        "currency": measure.currency,
+        "period": f"{measure.period:%Y-%m}",
+        "key_prefix": measure.scope_ref or None,
+    }
+    webhook_event_emit(tenant=measure.tenant, event_type="budget.threshold_reached", data=data)
+    transaction.on_commit(lambda: _enqueue_email(alert.pk))
+    logger.info("spend alert: %s", alert)
+    return alert
+
+
+def _enqueue_email(alert_id: int) -> None:
+    current_app.tasks["billing.tasks.email_spend_alert"].delay(alert_id)
+
+
+def alert_email_send(*, alert_id: int) -> bool:
+    """Email the alert to the tenant's owners once: claimed by setting `emailed_at`, released
+    again when the mail server did not take it, so the sweep tries again."""
+    claimed = SpendAlert.objects.filter(pk=alert_id, emailed_at__isnull=True).update(
+        emailed_at=timezone.now()
+    )
+    if not claimed:
+        return False
+    alert = SpendAlert.objects.select_related("tenant").get(pk=alert_id)
+    tenant = alert.tenant
+    subject = (
+        f"{tenant.name or tenant.slug} has used {alert.threshold}% of its "
+        f"{alert.period:%B %Y} budget"
+    )
+    body = render_to_string("billing/emails/spend_alert.txt", {"alert": alert, "tenant": tenant})
+    if not owners_email(tenant=tenant, subject=subject, body=body):
+        SpendAlert.objects.filter(pk=alert_id).update(emailed_at=None)
+        return False
+    return True
+
+
+def alerts_unemailed(*, older_than_seconds: int = 60) -> list[int]:
+    """Alerts whose email was never sent (the task was lost, the mail server refused)."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    return list(
+        SpendAlert.objects.filter(emailed_at__isnull=True, created_at__lte=cutoff).values_list(
+            "pk", flat=True
+        )[:500]
+    )
