@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 
-from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from billing import money
 from billing.invoices import next_month
 from billing.models import DailyUsage, SpendAlert
 from billing.webhook_delivery import owners_email
@@ -105,8 +105,8 @@ def _fire(measure: Measure, threshold: int) -> SpendAlert | None:
     data = {
         "scope": measure.scope,
         "threshold": threshold,
-        "spend": str(measure.spend.quantize(Decimal("0.000001"))),
-        "budget": str(measure.limit),
+        "spend": str(money.round_line(measure.spend, measure.currency)),
+        "budget": str(money.round_line(measure.limit, measure.currency)),
         "currency": measure.currency,
         "period": f"{measure.period:%Y-%m}",
         "key_prefix": measure.scope_ref or None,
@@ -118,7 +118,9 @@ def _fire(measure: Measure, threshold: int) -> SpendAlert | None:
 
 
 def _enqueue_email(alert_id: int) -> None:
-    current_app.tasks["billing.tasks.email_spend_alert"].delay(alert_id)
+    from billing.tasks import email_spend_alert  # noqa: PLC0415 - tasks imports this module
+
+    email_spend_alert.delay(alert_id)
 
 
 def alert_email_send(*, alert_id: int) -> bool:

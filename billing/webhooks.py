@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import orjson
-from celery import current_app
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -159,9 +158,11 @@ def sign(secrets_in_use: list[str], body: bytes, timestamp: int) -> str:
 
 
 def _enqueue(delivery_id: int) -> None:
-    # By name: billing.tasks imports this module, and the registry's task runs eagerly in the
-    # embedded default as a direct call would.
-    current_app.tasks["billing.tasks.deliver_webhook"].delay(delivery_id)
+    # billing.tasks calls this module's services, so it is imported when first needed, as
+    # models_mgmt.placements does with its load task.
+    from billing.tasks import deliver_webhook  # noqa: PLC0415
+
+    deliver_webhook.delay(delivery_id)
 
 
 def webhook_event_emit(
