@@ -8,6 +8,7 @@ from django.contrib.auth.forms import PasswordResetForm
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils import timezone
 
+from billing.webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
 from saas_platform.text import validate_display_name
 from tenants.models import Membership
 
@@ -107,3 +108,18 @@ class PortalPasswordResetForm(PasswordResetForm):
         site = urlsplit(settings.SITE_URL)
         kwargs.update(domain_override=site.netloc, use_https=site.scheme == "https")
         return super().save(**kwargs)
+
+
+class WebhookForm(forms.Form):
+    """The endpoint's fields; their rule is billing.webhooks.validate_webhook_config, applied
+    by the service (its errors land on these fields)."""
+
+    url = forms.CharField(
+        label="Endpoint URL", max_length=2000,
+        help_text="An https URL of your receiver; we POST signed JSON events to it.",
+    )  # fmt: skip
+    event_types = forms.MultipleChoiceField(
+        label="Events", required=False, widget=forms.CheckboxSelectMultiple,
+        choices=[(name, name) for name in WEBHOOK_EVENT_TYPES],
+        help_text="None chosen: every event. webhook.test is always sent when you ask for it.",
+    )  # fmt: skip

@@ -2,7 +2,16 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, re_path, reverse_lazy
 
 from portal.forms import PortalPasswordResetForm
-from portal.views import account, invitations, invoices, keys, members, overview, usage
+from portal.views import (
+    account,
+    invitations,
+    invoices,
+    keys,
+    members,
+    overview,
+    usage,
+    webhooks,
+)
 
 app_name = "portal"
 
@@ -48,4 +57,8 @@ urlpatterns = [
     path("members/invitations/<int:pk>/cancel/", members.invitation_cancel,
          name="invitation_cancel"),
     path("invitations/<str:token>/", invitations.invitation_accept, name="invitation"),
+    path("webhooks/", webhooks.webhook, name="webhooks"),
+    path("webhooks/roll/", webhooks.webhook_roll, name="webhook_roll"),
+    path("webhooks/test/", webhooks.webhook_test, name="webhook_test"),
+    path("webhooks/remove/", webhooks.webhook_remove, name="webhook_remove"),
 ]  # fmt: skip
