@@ -16,7 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html_join
 
-from billing import exports
+from billing import admin_webhooks, exports
 from billing.admin_dashboard import usage_dashboard
 from billing.admin_tenants import TenantAdmin
 from billing.downloads import invoice_download
@@ -33,6 +33,7 @@ from billing.models import CreditNote, DailyUsage, Invoice, InvoiceLine, Price, 
 from tenants.models import Tenant
 
 admin.site.register(Tenant, TenantAdmin)
+__all__ = ["admin_webhooks"]  # registers the webhook and alert pages
 
 
 class AdminAssets:

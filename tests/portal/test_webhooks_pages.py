@@ -1,0 +1,54 @@
+"""The portal's webhook page: owners only, scoped to their tenant; the URL's rule is the
+service's, shown as a form error; the secret is in the one response that made it."""
+
+from billing.models import WebhookEndpoint
+from billing.webhooks import webhook_endpoint_set
+from tests.portal.conftest import sign_in_client
+
+URL = "https://hooks.example.com/in"
+
+
+def test_an_owner_adds_an_endpoint_and_sees_its_secret_only_then(alice_client, acme):
+    response = alice_client.post("/portal/webhooks/", {"url": URL, "event_types": ["webhook.test"]})
+
+    endpoint = WebhookEndpoint.objects.get(tenant=acme)
+    assert response.status_code == 200 and response["Cache-Control"] == "no-store"
+    assert endpoint.secret in response.content.decode()
+    assert endpoint.event_types == ["webhook.test"]
+    assert endpoint.secret not in alice_client.get("/portal/webhooks/").content.decode()
+
+
+def test_a_bad_url_is_a_form_error_and_nothing_is_saved(alice_client, acme):
+    response = alice_client.post("/portal/webhooks/", {"url": "https://169.254.169.254/x"})
+
+    assert response.status_code == 400
+    assert "must be a public address" in response.content.decode()
+    assert not WebhookEndpoint.objects.exists()
+
+
+def test_rolling_shows_the_new_secret_once_and_removing_stops_events(alice_client, acme):
+    issued = webhook_endpoint_set(tenant=acme, url=URL, event_types=[])
+
+    rolled = alice_client.post("/portal/webhooks/roll/")
+    endpoint = WebhookEndpoint.objects.get(tenant=acme)
+    assert endpoint.secret != issued.secret and endpoint.secret in rolled.content.decode()
+    assert endpoint.previous_secret == issued.secret
+
+    assert alice_client.post("/portal/webhooks/remove/").status_code == 302
+    assert not WebhookEndpoint.objects.exists()
+
+
+def test_members_and_other_tenants_owners_cannot_touch_it(client, acme, bob, charlie, globex):
+    webhook_endpoint_set(tenant=acme, url=URL, event_types=[])
+
+    sign_in_client(client, bob, acme)
+    assert client.get("/portal/webhooks/").status_code == 403
+    assert client.post("/portal/webhooks/remove/").status_code == 403
+    sign_in_client(client, charlie, globex)
+    page = client.get("/portal/webhooks/")
+    client.post("/portal/webhooks/remove/")
+    client.post("/portal/webhooks/roll/")
+
+    assert URL not in page.content.decode()  # globex's page: its own, empty
+    endpoint = WebhookEndpoint.objects.get(tenant=acme)
+    assert endpoint.previous_secret == ""  # acme's secret was not rolled
