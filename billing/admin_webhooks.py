@@ -53,8 +53,8 @@ class WebhookDeliveryAdmin(_ReadOnly):
     actions = ["resend"]
 
     def has_resend_permission(self, request) -> bool:
-        return request.user.is_active and request.user.is_staff and self.has_view_permission(
-            request
+        return (
+            request.user.is_active and request.user.is_staff and self.has_view_permission(request)
         )
 
     @admin.action(description="Send the selected deliveries again", permissions=["resend"])

@@ -57,9 +57,15 @@ def tenant_budget_measures(pairs: set[tuple[int, date]]) -> list[Measure]:
             tenant_id=tenant_id, day__gte=period, day__lt=next_month(period)
         ).aggregate(total=Sum("amount"))["total"] or Decimal(0)
         measures.append(
-            Measure(tenant=tenant, scope=SpendAlert.Scope.TENANT_BUDGET, scope_ref="",
-                    period=period, spend=spent, limit=tenant.monthly_budget,
-                    currency=settings.BILLING_CURRENCY)  # fmt: skip
+            Measure(
+                tenant=tenant,
+                scope=SpendAlert.Scope.TENANT_BUDGET,
+                scope_ref="",
+                period=period,
+                spend=spent,
+                limit=tenant.monthly_budget,
+                currency=settings.BILLING_CURRENCY,
+            )
         )
     return measures
 
@@ -118,7 +124,7 @@ def _fire(measure: Measure, threshold: int) -> SpendAlert | None:
 
 
 def _enqueue_email(alert_id: int) -> None:
-    from billing.tasks import email_spend_alert  # noqa: PLC0415 - tasks imports this module
+    from billing.tasks import email_spend_alert  # tasks imports this module
 
     email_spend_alert.delay(alert_id)
 

@@ -269,7 +269,9 @@ try:
         {int(v) for v in env_list("SPEND_ALERT_THRESHOLDS", ["50", "80", "100"])}
     )
 except ValueError:
-    raise ImproperlyConfigured("SPEND_ALERT_THRESHOLDS must be whole percentages: 50,80,100") from None
+    raise ImproperlyConfigured(
+        "SPEND_ALERT_THRESHOLDS must be whole percentages: 50,80,100"
+    ) from None
 # Webhooks to the tenants' own endpoints. Plain http and private or loopback receivers only
 # for development and tests: the URL is the tenant's input, and the platform connects to it.
 WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", default=False)

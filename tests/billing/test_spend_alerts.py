@@ -71,14 +71,17 @@ def test_each_threshold_fires_once_by_email_and_webhook(
     assert subjects == [f"Acme Corp has used {t}% of its {datetime.now(UTC):%B %Y} budget"
                         for t in (100, 50, 80)]  # fmt: skip
     assert all(m.to == ["alice@example.com"] for m in mail.outbox)  # owners, not bob
-    assert "$" not in mail.outbox[0].body and "USD" in mail.outbox[0].body
+    assert "$" not in mail.outbox[0].body
+    assert "USD" in mail.outbox[0].body
     events = sorted(receiver.accepted.values(), key=lambda e: e["data"]["threshold"])
     assert [e["data"]["threshold"] for e in events] == [50, 80, 100]
     assert all(e["type"] == "budget.threshold_reached" for e in events)
-    assert events[0]["data"]["budget"] == "10.00" and events[0]["data"]["currency"] == "USD"
+    assert events[0]["data"]["budget"] == "10.00"
+    assert events[0]["data"]["currency"] == "USD"
     assert events[0]["data"]["spend"] == "5.00"
     assert events[0]["data"]["period"] == f"{datetime.now(UTC):%Y-%m}"
-    assert all(a.signed for a in receiver.arrivals) and len(receiver.arrivals) == 3
+    assert all(a.signed for a in receiver.arrivals)
+    assert len(receiver.arrivals) == 3
 
     # A new month starts from nothing.
     next_month = datetime(2099, 1, 15, tzinfo=UTC)

@@ -30,7 +30,8 @@ def test_a_finalized_invoice_is_sent_to_the_tenants_webhook(db, acme, globex, se
 
     (delivery,) = WebhookDelivery.objects.all()
     body = json.loads(delivery.body)
-    assert body["type"] == "invoice.finalized" and body["tenant"] == "acme"
+    assert body["type"] == "invoice.finalized"
+    assert body["tenant"] == "acme"
     assert body["data"] == {
         "number": invoice.number, "period": "2026-10", "total": str(invoice.total),
         "currency": "USD",
@@ -56,14 +57,18 @@ def test_staff_see_deliveries_read_only_and_can_resend_one(
     delivery_page = admin_client.get(f"/admin/billing/webhookdelivery/{delivery.pk}/change/")
     posted = admin_client.post(f"/admin/billing/webhookdelivery/{delivery.pk}/change/", {})
     with django_capture_on_commit_callbacks() as queued:
-        resent = admin_client.post("/admin/billing/webhookdelivery/",
-                                   {"action": "resend", "_selected_action": [delivery.pk]})  # fmt: skip
+        resent = admin_client.post(
+            "/admin/billing/webhookdelivery/",
+            {"action": "resend", "_selected_action": [delivery.pk]},
+        )
 
-    assert endpoint_page.status_code == 200 and delivery_page.status_code == 200
+    assert endpoint_page.status_code == 200
+    assert delivery_page.status_code == 200
     assert issued.secret not in endpoint_page.content.decode()
     assert 'name="_save"' not in delivery_page.content.decode()
     assert posted.status_code == 403
-    assert resent.status_code == 302 and len(queued) == 1  # the delivery task, at commit
+    assert resent.status_code == 302
+    assert len(queued) == 1
     delivery.refresh_from_db()
     assert delivery.state == WebhookDelivery.State.PENDING
     assert WebhookDelivery.objects.count() == 1  # the same event, not a new one

@@ -81,13 +81,15 @@ def test_a_failing_receiver_gets_the_event_again_with_backoff_until_it_accepts_i
     assert [a.event_id for a in loopback.arrivals] == [delivery.event_id] * 3
     assert list(loopback.accepted) == [delivery.event_id]  # one accepted delivery
     gaps = [b.at - a.at for a, b in zip(loopback.arrivals, loopback.arrivals[1:], strict=False)]
-    assert gaps[0] >= BASE and gaps[1] >= 2 * BASE  # doubling
-    assert attempts[0].response_head.startswith("not this time") and len(
-        attempts[0].response_head
-    ) == 500  # the first bytes only
-    assert attempts[2].response_head == "accepted" and attempts[2].duration_ms < 2000
+    assert gaps[0] >= BASE
+    assert gaps[1] >= 2 * BASE
+    assert attempts[0].response_head.startswith("not this time")
+    assert len(attempts[0].response_head) == 500
+    assert attempts[2].response_head == "accepted"
+    assert attempts[2].duration_ms < 2000
     event = loopback.accepted[delivery.event_id]
-    assert event["type"] == "webhook.test" and event["tenant"] == "acme"
+    assert event["type"] == "webhook.test"
+    assert event["tenant"] == "acme"
     assert set(event) == {"id", "type", "created", "tenant", "data"}
 
     # The beat's sweep and a second task for it send nothing more.
@@ -124,7 +126,8 @@ def test_a_receiver_on_a_private_address_is_refused_without_the_setting(
 
     (attempt,) = delivery.attempts.all()
     assert attempt.status_code is None
-    assert "refused" in attempt.error and "not a public address" in attempt.error
+    assert "refused" in attempt.error
+    assert "not a public address" in attempt.error
     assert delay == BASE  # tried again later, in case the name changes back
     assert loopback.arrivals == []  # nothing reached the receiver
 
@@ -178,13 +181,12 @@ def test_after_a_roll_both_secrets_sign_for_a_day(db, acme, loopback):
     webhook_deliver(delivery_id=delivery.pk)  # the receiver still knows the old secret
 
     (arrival,) = loopback.arrivals
-    assert arrival.signed and new_secret != issued.secret
+    assert arrival.signed
+    assert new_secret != issued.secret
     endpoint = WebhookEndpoint.objects.get(tenant=acme)
     assert endpoint.previous_secret_expires_at - timezone.now() > timedelta(hours=23)
     # A day later only the new one signs.
-    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
-        previous_secret_expires_at=timezone.now()
-    )
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(previous_secret_expires_at=timezone.now())
     loopback.reset(secret=issued.secret)
     later = webhook_event_emit(tenant=acme, event_type="webhook.test", data={})
     webhook_deliver(delivery_id=later.pk)
@@ -210,7 +212,8 @@ def test_an_endpoint_failing_for_three_days_is_disabled_and_its_owners_emailed(
         webhook_deliver(delivery_id=delivery.pk)
 
     endpoint = WebhookEndpoint.objects.get(tenant=acme)
-    assert not endpoint.enabled and endpoint.disabled_at is not None
+    assert not endpoint.enabled
+    assert endpoint.disabled_at is not None
     (message,) = mail.outbox
     assert message.to == ["alice@example.com"]  # owners only, not bob
     assert "disabled" in message.subject
@@ -220,7 +223,9 @@ def test_an_endpoint_failing_for_three_days_is_disabled_and_its_owners_emailed(
 
 def test_keys_expiring_within_a_week_are_announced_once(db, acme, globex, loopback):
     _endpoint(acme, loopback)
-    soon = services.apikey_issue(tenant=acme, name="soon", expires_at=timezone.now() + timedelta(days=6))
+    soon = services.apikey_issue(
+        tenant=acme, name="soon", expires_at=timezone.now() + timedelta(days=6)
+    )
     services.apikey_issue(tenant=acme, name="later", expires_at=timezone.now() + timedelta(days=30))
     services.apikey_issue(tenant=globex, name="no-endpoint",
                           expires_at=timezone.now() + timedelta(days=2))  # fmt: skip

@@ -74,7 +74,7 @@ def start_receiver() -> tuple[Receiver, ThreadingHTTPServer]:
     receiver = Receiver()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - the standard library's name
+        def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             status, extra = receiver._answer(self.path, self.headers, body)
             reply = b"accepted" if status == 200 else b"not this time " + b"x" * 1000

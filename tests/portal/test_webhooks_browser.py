@@ -80,7 +80,8 @@ def test_an_owner_adds_an_endpoint_sees_the_secret_once_and_a_test_delivery(
         assert_accessible(page)
 
     (event,) = receiver.accepted.values()
-    assert event["type"] == "webhook.test" and event["tenant"] == "initech"
+    assert event["type"] == "webhook.test"
+    assert event["tenant"] == "initech"
     assert [a.signed for a in receiver.arrivals] == [True]
     assert event_ids_shown == [event["id"]]  # the page listed the delivery the receiver got
 

@@ -12,7 +12,8 @@ def test_an_owner_adds_an_endpoint_and_sees_its_secret_only_then(alice_client, a
     response = alice_client.post("/portal/webhooks/", {"url": URL, "event_types": ["webhook.test"]})
 
     endpoint = WebhookEndpoint.objects.get(tenant=acme)
-    assert response.status_code == 200 and response["Cache-Control"] == "no-store"
+    assert response.status_code == 200
+    assert response["Cache-Control"] == "no-store"
     assert endpoint.secret in response.content.decode()
     assert endpoint.event_types == ["webhook.test"]
     assert endpoint.secret not in alice_client.get("/portal/webhooks/").content.decode()
@@ -31,7 +32,8 @@ def test_rolling_shows_the_new_secret_once_and_removing_stops_events(alice_clien
 
     rolled = alice_client.post("/portal/webhooks/roll/")
     endpoint = WebhookEndpoint.objects.get(tenant=acme)
-    assert endpoint.secret != issued.secret and endpoint.secret in rolled.content.decode()
+    assert endpoint.secret != issued.secret
+    assert endpoint.secret in rolled.content.decode()
     assert endpoint.previous_secret == issued.secret
 
     assert alice_client.post("/portal/webhooks/remove/").status_code == 302
