@@ -2,6 +2,8 @@
 every signature: retried with backoff until accepted, once per event id, every attempt
 recorded; private addresses refused without WEBHOOK_ALLOW_PRIVATE; redirects not followed."""
 
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -22,6 +24,9 @@ from billing.webhooks import (
 )
 from tenants import services
 from tests.fakes.webhook_receiver import signature_valid, start_receiver
+from tests.gateway_server import gateway_env
+from tests.redis_cluster import flush
+from tests.servers import ROOT, celery_worker_command
 
 BASE = 0.3  # seconds: the first retry's delay here
 
@@ -235,3 +240,43 @@ def test_keys_expiring_within_a_week_are_announced_once(db, acme, globex, loopba
 
     (delivery,) = WebhookDelivery.objects.filter(event_type="apikey.expiring")
     assert soon.api_key.display_prefix in delivery.body
+
+
+def test_a_celery_worker_retries_with_backoff_until_the_receiver_accepts(
+    transactional_db, acme, loopback, settings, tmp_path
+):
+    """The production shape: the event is queued on the broker by another process, and a real
+    worker sends it, schedules each retry with its countdown, and stops once accepted."""
+    _endpoint(acme, loopback, fail_first=2)
+    env = gateway_env(CELERY_BROKER_URL=settings.REDIS_URL, WEBHOOK_ALLOW_PRIVATE="1",
+                      WEBHOOK_ALLOW_HTTP="1", WEBHOOK_RETRY_BASE_SECONDS=str(BASE))  # fmt: skip
+    flush(settings.REDIS_URL)
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = subprocess.Popen(
+            celery_worker_command("--pool", "solo", "--loglevel", "WARNING"),
+            cwd=ROOT, env=env, stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        sent = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c",
+             "from billing.webhooks import webhook_test_send; from tenants.models import Tenant; "
+             "print(webhook_test_send(tenant=Tenant.objects.get(slug='acme')).event_id)"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        event_id = sent.stdout.strip().splitlines()[-1]
+        deadline = time.monotonic() + 40
+        while event_id not in loopback.accepted and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2 * BASE)  # a further attempt, were one scheduled, would arrive now
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
+
+    assert list(loopback.accepted) == [event_id]
+    assert [a.status for a in loopback.arrivals] == [500, 500, 200]
+    gaps = [b.at - a.at for a, b in zip(loopback.arrivals, loopback.arrivals[1:], strict=False)]
+    assert gaps[0] >= BASE
+    assert gaps[1] >= 2 * BASE
+    delivery = WebhookDelivery.objects.get(event_id=event_id)
+    assert delivery.state == WebhookDelivery.State.DELIVERED
+    assert [a.status_code for a in delivery.attempts.all()] == [500, 500, 200]
