@@ -14,6 +14,7 @@ receiver answers.
 import logging
 import smtplib
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -51,50 +52,68 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-def _checked_address(host: str, port: int) -> str:
-    """The address to connect to for `host`: every address it resolves to must be public."""
+def _checked_addresses(host: str, port: int) -> list[str]:
+    """The addresses to connect to for `host`: every address it resolves to must be public."""
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as error:
         raise Refused(f"{host} does not resolve: {error}") from None
-    addresses = [info[4][0] for info in found]
+    addresses = list(dict.fromkeys(info[4][0] for info in found))
     if not addresses:
         raise Refused(f"{host} does not resolve")
     if not settings.WEBHOOK_ALLOW_PRIVATE:
         for address in addresses:
             if not is_public_address(address):
                 raise Refused(f"{host} resolves to {address}, which is not a public address")
-    return addresses[0]
+    return addresses
+
+
+def _verify():
+    # Receivers' certificates are checked against the public CAs (certifi's, httpx's default),
+    # or WEBHOOK_CA_BUNDLE's for a development CA.
+    if settings.WEBHOOK_CA_BUNDLE:
+        return ssl.create_default_context(cafile=settings.WEBHOOK_CA_BUNDLE)
+    return True
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
-    """POST to the checked address: the status and the first bytes of the answer."""
+    """POST to a checked address of the URL's host (the next one when one does not connect):
+    the status and the first bytes of the answer."""
     target = httpx.URL(url)
     port = target.port or (443 if target.scheme == "https" else 80)
-    address = _checked_address(target.host, port)
+    addresses = _checked_addresses(target.host, port)
     headers = {**headers, "Host": target.netloc.decode("ascii")}
+    # The TLS name and the certificate check are the URL's host, not the address.
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     with httpx.Client(
-        timeout=settings.WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False
-    ) as client:
-        request = client.build_request(
-            "POST", target.copy_with(host=address), content=body, headers=headers,
-            extensions=extensions,
-        )  # fmt: skip
-        response = client.send(request, stream=True)
-        try:
-            stream = response.extensions.get("network_stream")
-            peer = stream.get_extra_info("server_addr") if stream is not None else None
-            if peer and peer[0] != address:
-                raise Refused(f"connected to {peer[0]}, not the checked {address}")
-            head = b""
-            for chunk in response.iter_bytes():
-                head += chunk
-                if len(head) >= RESPONSE_HEAD_BYTES:
-                    break
-        finally:
-            response.close()
-    return response.status_code, head[:RESPONSE_HEAD_BYTES]
+        timeout=settings.WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False,
+        verify=_verify(),
+    ) as client:  # fmt: skip
+        for index, address in enumerate(addresses):
+            request = client.build_request(
+                "POST", target.copy_with(host=address), content=body, headers=headers,
+                extensions=extensions,
+            )  # fmt: skip
+            try:
+                response = client.send(request, stream=True)
+            except httpx.ConnectError:
+                if index == len(addresses) - 1:
+                    raise
+                continue
+            try:
+                stream = response.extensions.get("network_stream")
+                peer = stream.get_extra_info("server_addr") if stream is not None else None
+                if peer and peer[0] != address:
+                    raise Refused(f"connected to {peer[0]}, not the checked {address}")
+                head = b""
+                for chunk in response.iter_bytes():
+                    head += chunk
+                    if len(head) >= RESPONSE_HEAD_BYTES:
+                        break
+            finally:
+                response.close()
+            return response.status_code, head[:RESPONSE_HEAD_BYTES]
+    raise Refused(f"{target.host} has no address to connect to")  # not reached: one at least
 
 
 def _send(delivery: WebhookDelivery, endpoint: WebhookEndpoint) -> Outcome:

@@ -276,6 +276,9 @@ except ValueError:
 # for development and tests: the URL is the tenant's input, and the platform connects to it.
 WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", default=False)
 WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", default=False)
+# A CA bundle receivers' certificates are checked against instead of the public CAs (a
+# development CA); empty: the public ones.
+WEBHOOK_CA_BUNDLE = env_str("WEBHOOK_CA_BUNDLE")
 WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 # Retries double from this delay (at most an hour apart) until WEBHOOK_RETRY_HOURS have passed.
 WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 30.0, minimum=0.01)

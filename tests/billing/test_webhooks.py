@@ -23,7 +23,7 @@ from billing.webhooks import (
     webhook_test_send,
 )
 from tenants import services
-from tests.fakes.webhook_receiver import signature_valid, start_receiver
+from tests.fakes.webhook_receiver import localhost_certificate, signature_valid, start_receiver
 from tests.gateway_server import gateway_env
 from tests.redis_cluster import flush
 from tests.servers import ROOT, celery_worker_command
@@ -197,6 +197,30 @@ def test_after_a_roll_both_secrets_sign_for_a_day(db, acme, loopback):
     webhook_deliver(delivery_id=later.pk)
     assert not loopback.arrivals[0].signed
     assert loopback.accepted == {}
+
+
+def test_https_connects_to_the_checked_address_and_checks_the_certificate_for_the_name(
+    db, acme, loopback, settings, tmp_path
+):
+    tls, ca_bundle = localhost_certificate(tmp_path)
+    secure, server = start_receiver(tls)
+    try:
+        issued = webhook_endpoint_set(tenant=acme, url=secure.url + "/hook", event_types=[])
+        secure.reset(secret=issued.secret)
+        untrusted = webhook_event_emit(tenant=acme, event_type="webhook.test", data={})
+        webhook_deliver(delivery_id=untrusted.pk)  # the public CAs do not know this one
+        settings.WEBHOOK_CA_BUNDLE = ca_bundle
+        trusted = webhook_event_emit(tenant=acme, event_type="webhook.test", data={})
+        webhook_deliver(delivery_id=trusted.pk)
+    finally:
+        server.shutdown()
+
+    (refused,) = untrusted.attempts.all()
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.error
+    assert refused.status_code is None
+    (accepted,) = trusted.attempts.all()
+    assert accepted.status_code == 200
+    assert list(secure.accepted) == [trusted.event_id]  # by name, at 127.0.0.1 (or ::1 first)
 
 
 def test_the_signature_check_refuses_a_changed_body_or_an_old_timestamp():
