@@ -19,6 +19,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
+from django.db.models.functions import TruncMonth
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -44,30 +45,39 @@ class Measure:
 
 
 def tenant_budget_measures(pairs: set[tuple[int, date]]) -> list[Measure]:
-    """Each tenant's spend in a month against its monthly budget (tenants with one)."""
-    tenants = Tenant.objects.in_bulk(
-        {tenant_id for tenant_id, _period in pairs}
-    )  # one query; budgets are read fresh
-    measures = []
-    for tenant_id, period in sorted(pairs):
-        tenant = tenants.get(tenant_id)
-        if tenant is None or not tenant.monthly_budget or tenant.monthly_budget <= 0:
-            continue
-        spent = DailyUsage.objects.filter(
-            tenant_id=tenant_id, day__gte=period, day__lt=next_month(period)
-        ).aggregate(total=Sum("amount"))["total"] or Decimal(0)
-        measures.append(
-            Measure(
-                tenant=tenant,
-                scope=SpendAlert.Scope.TENANT_BUDGET,
-                scope_ref="",
-                period=period,
-                spend=spent,
-                limit=tenant.monthly_budget,
-                currency=settings.BILLING_CURRENCY,
-            )
+    """Each tenant's spend in a month against its monthly budget (tenants with one): two
+    queries for the whole batch, budgets read fresh."""
+    tenants = {
+        tenant.pk: tenant
+        for tenant in Tenant.objects.filter(
+            pk__in={tenant_id for tenant_id, _period in pairs}, monthly_budget__gt=0
         )
-    return measures
+    }
+    pairs = {(tenant_id, period) for tenant_id, period in pairs if tenant_id in tenants}
+    if not pairs:
+        return []
+    periods = {period for _tenant_id, period in pairs}
+    sums = (
+        DailyUsage.objects.filter(
+            tenant_id__in=tenants, day__gte=min(periods), day__lt=next_month(max(periods))
+        )
+        .annotate(month=TruncMonth("day"))
+        .values("tenant_id", "month")
+        .annotate(total=Sum("amount"))
+    )
+    spent = {(row["tenant_id"], row["month"]): row["total"] for row in sums}
+    return [
+        Measure(
+            tenant=tenants[tenant_id],
+            scope=SpendAlert.Scope.TENANT_BUDGET,
+            scope_ref="",
+            period=period,
+            spend=spent.get((tenant_id, period)) or Decimal(0),
+            limit=tenants[tenant_id].monthly_budget,
+            currency=settings.BILLING_CURRENCY,
+        )
+        for tenant_id, period in sorted(pairs)
+    ]
 
 
 # Every scope's rule; each returns the Measures for the (tenant, month) pairs a batch touched.
@@ -84,17 +94,28 @@ def _reached(measure: Measure) -> list[int]:
 
 def alerts_check(pairs: Iterable[tuple[int, date]]) -> list[SpendAlert]:
     """Fire the thresholds reached for these (tenant, month) pairs and not fired yet; return
-    the alerts made now."""
+    the alerts made now. Those fired already are read in one query, so a tenant past its
+    budget costs a batch nothing more."""
     pairs = set(pairs)
     if not pairs:
         return []
+    measures = [measure for rule in SCOPES for measure in rule(pairs)]
+    reached = [(m, threshold) for m in measures for threshold in _reached(m)]
+    if not reached:
+        return []
+    fired = set(
+        SpendAlert.objects.filter(
+            tenant_id__in={m.tenant.pk for m, _t in reached},
+            period__in={m.period for m, _t in reached},
+        ).values_list("tenant_id", "scope", "scope_ref", "period", "threshold")
+    )
     made = []
-    for rule in SCOPES:
-        for measure in rule(pairs):
-            for threshold in _reached(measure):
-                alert = _fire(measure, threshold)
-                if alert is not None:
-                    made.append(alert)
+    for measure, threshold in reached:
+        key = (measure.tenant.pk, measure.scope, measure.scope_ref, measure.period, threshold)
+        if key not in fired:
+            alert = _fire(measure, threshold)  # None: a concurrent drain fired it first
+            if alert is not None:
+                made.append(alert)
     return made
 
 

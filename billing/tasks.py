@@ -35,7 +35,8 @@ def watch_ledger_lag() -> None:
 def deliver_webhook(delivery_id: int) -> None:
     delay = webhook_delivery.webhook_deliver(delivery_id=delivery_id)
     if delay is not None and not settings.CELERY_TASK_ALWAYS_EAGER:
-        # In the embedded default (eager) the sweep sends it when due instead of at once.
+        # Not in the embedded default (eager, no beat): retrying there would block the caller;
+        # the delivery stays pending, shown in the portal, until a worker's sweep sends it.
         deliver_webhook.apply_async(args=[delivery_id], countdown=delay)
 
 

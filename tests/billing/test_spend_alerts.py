@@ -11,6 +11,7 @@ from decimal import Decimal
 import pytest
 from django.core import mail
 
+from billing.alerts import alerts_check
 from billing.ledger import LedgerRecorder
 from billing.models import SpendAlert, WebhookDelivery
 from billing.pricing import price_set
@@ -126,3 +127,19 @@ def test_a_ledger_worker_killed_around_its_alerts_sends_each_once(
     assert sorted(e["data"]["threshold"] for e in receiver.accepted.values()) == [50, 80, 100]
     assert len(receiver.arrivals) == 3
     assert len(list(tmp_path.iterdir())) == 3  # one email file each
+
+
+def test_a_tenant_past_its_budget_costs_a_batch_three_queries(
+    db, budgeted, globex, django_assert_max_num_queries
+):
+    store(_spend(budgeted, 11))
+    pairs = [
+        (budgeted.pk, datetime.now(UTC).date().replace(day=1)),
+        (globex.pk, datetime.now(UTC).date().replace(day=1)),
+    ]
+
+    with django_assert_max_num_queries(3):  # tenants, the month's spend, the alerts fired
+        made = alerts_check(pairs)
+
+    assert made == []
+    assert _thresholds(budgeted) == [50, 80, 100]
