@@ -1,13 +1,14 @@
 """Spend alerts: decided by the ledger after a batch is stored, never on the request path.
 
-Each rule measures one "scope" of a tenant's spend against its limit (`Measure`); the tenant's
-monthly budget is the one scope today. A key's own budget is another function returning a
-Measure per key (`scope_ref` the key's prefix); a prepaid balance is one whose `period` names the
-crossing (the balance's top-up), so it fires once per crossing. `alerts_check` does the rest
-alike for every scope: a threshold reached makes one `SpendAlert` row, whose unique constraint
-makes it once per scope, period and threshold however often a batch is re-checked (a retried
-drain, a restarted worker, two drains at once); the row, its webhook event and its email go
-together.
+Each rule in SCOPES measures one "scope" of a tenant's spend against its limit (`Measure`);
+the tenant's monthly budget is the one scope today. A key's own budget is another function
+returning a Measure per key (`scope_ref` the key's prefix); a prepaid balance is one whose
+`period` names the crossing (the balance's top-up), so it fires once per crossing. The
+thresholds are the tenant's own for that scope and ref (`SpendAlertRule`), else
+SPEND_ALERT_THRESHOLDS. `alerts_check` does the rest alike for every scope: a threshold reached
+makes one `SpendAlert` row, whose unique constraint makes it once per scope, period and
+threshold however often a batch is re-checked (a retried drain, a restarted worker, two drains
+at once); the row, its webhook event and its email go together.
 """
 
 import logging
@@ -17,6 +18,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Sum
 from django.db.models.functions import TruncMonth
@@ -25,7 +27,7 @@ from django.utils import timezone
 
 from billing import money
 from billing.invoices import next_month
-from billing.models import DailyUsage, SpendAlert
+from billing.models import DailyUsage, SpendAlert, SpendAlertRule
 from billing.webhook_delivery import owners_email
 from billing.webhooks import webhook_event_emit
 from tenants.models import Tenant
@@ -84,12 +86,49 @@ def tenant_budget_measures(pairs: set[tuple[int, date]]) -> list[Measure]:
 SCOPES = (tenant_budget_measures,)
 
 
-def _reached(measure: Measure) -> list[int]:
-    return [
-        threshold
-        for threshold in sorted(settings.SPEND_ALERT_THRESHOLDS)
-        if measure.spend * 100 >= measure.limit * threshold
-    ]
+MAX_THRESHOLDS = 10
+MAX_PERCENT = 1000
+
+
+def validate_thresholds(values) -> list[int]:
+    """The one rule for a tenant's thresholds (the admin, the portal and the service): 1 to
+    MAX_THRESHOLDS whole percentages from 1 to MAX_PERCENT. Returns them sorted, once each."""
+    message = (
+        f"Thresholds must be 1 to {MAX_THRESHOLDS} whole percentages from 1 to {MAX_PERCENT}, "
+        "e.g. 50, 80, 100."
+    )
+    if not isinstance(values, list | tuple) or not 1 <= len(values) <= MAX_THRESHOLDS:
+        raise ValidationError({"thresholds": message}, code="invalid_thresholds")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError({"thresholds": message}, code="invalid_thresholds")
+        if not 1 <= value <= MAX_PERCENT:
+            raise ValidationError({"thresholds": message}, code="invalid_thresholds")
+    return sorted(set(values))
+
+
+@transaction.atomic
+def alert_thresholds_set(
+    *, tenant, thresholds: list[int] | None, scope: str = SpendAlert.Scope.TENANT_BUDGET,
+    scope_ref: str = "",
+) -> None:  # fmt: skip
+    """Set the tenant's thresholds for a scope; None goes back to SPEND_ALERT_THRESHOLDS."""
+    if thresholds is None:
+        SpendAlertRule.objects.filter(tenant=tenant, scope=scope, scope_ref=scope_ref).delete()
+        return
+    SpendAlertRule.objects.update_or_create(
+        tenant=tenant, scope=scope, scope_ref=scope_ref,
+        defaults={"thresholds": validate_thresholds(thresholds)},
+    )  # fmt: skip
+
+
+def alert_thresholds_for(tenant, scope: str = SpendAlert.Scope.TENANT_BUDGET) -> list[int]:
+    rule = SpendAlertRule.objects.filter(tenant=tenant, scope=scope, scope_ref="").first()
+    return list(rule.thresholds) if rule else list(settings.SPEND_ALERT_THRESHOLDS)
+
+
+def _reached(measure: Measure, thresholds: list[int]) -> list[int]:
+    return [t for t in thresholds if measure.spend * 100 >= measure.limit * t]
 
 
 def alerts_check(pairs: Iterable[tuple[int, date]]) -> list[SpendAlert]:
@@ -100,7 +139,18 @@ def alerts_check(pairs: Iterable[tuple[int, date]]) -> list[SpendAlert]:
     if not pairs:
         return []
     measures = [measure for rule in SCOPES for measure in rule(pairs)]
-    reached = [(m, threshold) for m in measures for threshold in _reached(m)]
+    if not measures:
+        return []
+    rules = {
+        (rule.tenant_id, rule.scope, rule.scope_ref): rule.thresholds
+        for rule in SpendAlertRule.objects.filter(tenant_id__in={m.tenant.pk for m in measures})
+    }
+    default = sorted(settings.SPEND_ALERT_THRESHOLDS)
+    reached = [
+        (m, threshold)
+        for m in measures
+        for threshold in _reached(m, rules.get((m.tenant.pk, m.scope, m.scope_ref), default))
+    ]
     if not reached:
         return []
     fired = set(

@@ -218,6 +218,26 @@ class SpendAlert(models.Model):
         return f"{self.tenant_id} {self.scope} {self.period:%Y-%m} {self.threshold}%"
 
 
+class SpendAlertRule(models.Model):
+    """A tenant's own thresholds for one scope (percentages; validated by
+    billing.alerts.validate_thresholds); without a rule, SPEND_ALERT_THRESHOLDS apply."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alert_rules")
+    scope = models.CharField(max_length=16, choices=SpendAlert.Scope.choices)
+    scope_ref = models.CharField(max_length=32, blank=True)
+    thresholds = models.JSONField(help_text="Percentages of the budget, e.g. [50, 80, 100].")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "scope", "scope_ref"], name="spend_alert_rule_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.scope} {self.thresholds}"
+
+
 class WebhookEndpoint(models.Model):
     """The tenant's own receiver of events. The secret signs every delivery; after a roll the
     previous one signs alongside it until `previous_secret_expires_at`, so a receiver can switch

@@ -10,8 +10,9 @@ from decimal import Decimal
 
 import pytest
 from django.core import mail
+from django.core.exceptions import ValidationError
 
-from billing.alerts import alerts_check
+from billing.alerts import alert_thresholds_set, alerts_check
 from billing.ledger import LedgerRecorder
 from billing.models import SpendAlert, WebhookDelivery
 from billing.pricing import price_set
@@ -129,7 +130,7 @@ def test_a_ledger_worker_killed_around_its_alerts_sends_each_once(
     assert len(list(tmp_path.iterdir())) == 3  # one email file each
 
 
-def test_a_tenant_past_its_budget_costs_a_batch_three_queries(
+def test_a_tenant_past_its_budget_costs_a_batch_four_queries(
     db, budgeted, globex, django_assert_max_num_queries
 ):
     store(_spend(budgeted, 11))
@@ -138,8 +139,31 @@ def test_a_tenant_past_its_budget_costs_a_batch_three_queries(
         (globex.pk, datetime.now(UTC).date().replace(day=1)),
     ]
 
-    with django_assert_max_num_queries(3):  # tenants, the month's spend, the alerts fired
+    # The tenants, the month's spend, their own thresholds, the alerts fired already.
+    with django_assert_max_num_queries(4):
         made = alerts_check(pairs)
 
     assert made == []
     assert _thresholds(budgeted) == [50, 80, 100]
+
+
+def test_a_tenant_with_its_own_thresholds_is_alerted_at_those(
+    db, budgeted, django_capture_on_commit_callbacks
+):
+    alert_thresholds_set(tenant=budgeted, thresholds=[90, 25, 25])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        store(_spend(budgeted, 6))  # 60%: past 25 only
+
+    assert _thresholds(budgeted) == [25]
+    (message,) = mail.outbox
+    assert "25%" in message.subject
+
+
+@pytest.mark.parametrize(
+    "thresholds", [[], [0], [1001], [50.5], ["80"], [True], list(range(1, 12))]
+)
+def test_thresholds_outside_the_rule_are_refused(db, acme, thresholds):
+    with pytest.raises(ValidationError, match="whole percentages"):
+        alert_thresholds_set(tenant=acme, thresholds=thresholds)
+    assert not acme.alert_rules.exists()

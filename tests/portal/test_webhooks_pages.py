@@ -54,3 +54,21 @@ def test_members_and_other_tenants_owners_cannot_touch_it(client, acme, bob, cha
     assert URL not in page.content.decode()  # globex's page: its own, empty
     endpoint = WebhookEndpoint.objects.get(tenant=acme)
     assert endpoint.previous_secret == ""  # acme's secret was not rolled
+
+
+def test_changing_the_endpoint_keeps_its_secret_and_enables_it_again(alice_client, acme):
+    issued = webhook_endpoint_set(tenant=acme, url=URL, event_types=[])
+    WebhookEndpoint.objects.filter(tenant=acme).update(enabled=False)
+
+    response = alice_client.post(
+        "/portal/webhooks/",
+        {"url": URL + "/v2", "event_types": ["invoice.finalized", "apikey.expiring"]},
+    )
+
+    endpoint = WebhookEndpoint.objects.get(tenant=acme)
+    assert response.status_code == 302
+    assert endpoint.secret == issued.secret
+    assert endpoint.url == URL + "/v2"
+    assert endpoint.event_types == ["apikey.expiring", "invoice.finalized"]
+    assert endpoint.enabled
+    assert issued.secret not in alice_client.get("/portal/webhooks/").content.decode()
