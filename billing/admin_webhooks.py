@@ -1,10 +1,20 @@
 """The tenants' webhook endpoints, deliveries (with their attempts) and spend alerts, read-only
 for staff: the URL and events are the tenant's to set, in the portal. A delivery can be sent
-again (the same event id and body, so a receiver that has it ignores it)."""
+again (the same event id and body, so a receiver that has it ignores it). A tenant's own alert
+thresholds can be set here too, through the portal's rule (billing.alerts.validate_thresholds)."""
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
-from billing.models import SpendAlert, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from billing.alerts import validate_thresholds
+from billing.models import (
+    SpendAlert,
+    SpendAlertRule,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from billing.webhooks import webhook_delivery_resend
 
 
@@ -73,3 +83,24 @@ class SpendAlertAdmin(_ReadOnly):
     list_select_related = ["tenant"]
     list_filter = ["scope", "threshold"]
     search_fields = ["tenant__slug", "scope_ref"]
+
+
+class SpendAlertRuleForm(forms.ModelForm):
+    class Meta:
+        model = SpendAlertRule
+        fields = ["tenant", "scope", "scope_ref", "thresholds"]
+
+    def clean_thresholds(self):
+        try:
+            return validate_thresholds(self.cleaned_data["thresholds"])
+        except ValidationError as error:
+            raise ValidationError(error.message_dict["thresholds"]) from None
+
+
+@admin.register(SpendAlertRule)
+class SpendAlertRuleAdmin(admin.ModelAdmin):
+    form = SpendAlertRuleForm
+    list_display = ["tenant", "scope", "scope_ref", "thresholds"]
+    list_select_related = ["tenant"]
+    search_fields = ["tenant__slug"]
+    autocomplete_fields = ["tenant"]

@@ -5,9 +5,11 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import PasswordResetForm
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils import timezone
 
+from billing.alerts import validate_thresholds
 from billing.webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
 from saas_platform.text import validate_display_name
 from tenants.models import Membership
@@ -123,3 +125,22 @@ class WebhookForm(forms.Form):
         choices=[(name, name) for name in WEBHOOK_EVENT_TYPES],
         help_text="None chosen: every event. webhook.test is always sent when you ask for it.",
     )  # fmt: skip
+
+
+class AlertThresholdsForm(forms.Form):
+    thresholds = forms.CharField(
+        label="Alert at", max_length=100,
+        help_text="Percentages of the monthly budget, e.g. 50, 80, 100. Owners are emailed "
+        "(and your webhook gets budget.threshold_reached) once a month at each.",
+    )  # fmt: skip
+
+    def clean_thresholds(self) -> list[int]:
+        parts = [part.strip().rstrip("%") for part in self.cleaned_data["thresholds"].split(",")]
+        try:
+            values = [int(part) for part in parts if part]
+        except ValueError:
+            raise forms.ValidationError("Write whole percentages, e.g. 50, 80, 100.") from None
+        try:
+            return validate_thresholds(values)
+        except ValidationError as error:
+            raise forms.ValidationError(error.message_dict["thresholds"]) from None

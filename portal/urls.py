@@ -61,4 +61,5 @@ urlpatterns = [
     path("webhooks/roll/", webhooks.webhook_roll, name="webhook_roll"),
     path("webhooks/test/", webhooks.webhook_test, name="webhook_test"),
     path("webhooks/remove/", webhooks.webhook_remove, name="webhook_remove"),
+    path("webhooks/alerts/", webhooks.alert_thresholds, name="alert_thresholds"),
 ]  # fmt: skip

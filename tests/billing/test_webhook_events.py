@@ -72,3 +72,16 @@ def test_staff_see_deliveries_read_only_and_can_resend_one(
     delivery.refresh_from_db()
     assert delivery.state == WebhookDelivery.State.PENDING
     assert WebhookDelivery.objects.count() == 1  # the same event, not a new one
+
+
+def test_staff_set_a_tenants_thresholds_in_the_admin_with_the_same_rule(admin_client, acme):
+    form = {"tenant": acme.pk, "scope": "tenant_budget", "scope_ref": "", "thresholds": "[0]"}
+    refused = admin_client.post("/admin/billing/spendalertrule/add/", form)
+    saved = admin_client.post(
+        "/admin/billing/spendalertrule/add/", {**form, "thresholds": "[90, 40]"}
+    )
+
+    assert refused.status_code == 200
+    assert "whole percentages" in refused.content.decode()
+    assert saved.status_code == 302
+    assert list(acme.alert_rules.values_list("thresholds", flat=True)) == [[40, 90]]

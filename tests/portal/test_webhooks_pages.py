@@ -72,3 +72,24 @@ def test_changing_the_endpoint_keeps_its_secret_and_enables_it_again(alice_clien
     assert endpoint.event_types == ["apikey.expiring", "invoice.finalized"]
     assert endpoint.enabled
     assert issued.secret not in alice_client.get("/portal/webhooks/").content.decode()
+
+
+def test_an_owner_sets_the_alert_thresholds_and_a_bad_list_is_a_form_error(alice_client, acme):
+    page = alice_client.get("/portal/webhooks/")
+    assert 'value="50, 80, 100"' in page.content.decode()  # the defaults
+
+    saved = alice_client.post("/portal/webhooks/alerts/", {"thresholds": "90%, 75"})
+    refused = alice_client.post("/portal/webhooks/alerts/", {"thresholds": "0, 50"})
+    words = alice_client.post("/portal/webhooks/alerts/", {"thresholds": "half"})
+
+    assert saved.status_code == 302
+    assert refused.status_code == 400
+    assert "whole percentages from 1 to 1000" in refused.content.decode()
+    assert words.status_code == 400
+    assert list(acme.alert_rules.values_list("thresholds", flat=True)) == [[75, 90]]
+
+
+def test_a_member_cannot_change_the_thresholds(client, acme, bob):
+    sign_in_client(client, bob, acme)
+    assert client.post("/portal/webhooks/alerts/", {"thresholds": "10"}).status_code == 403
+    assert not acme.alert_rules.exists()
