@@ -64,6 +64,8 @@ def test_staff_see_deliveries_read_only_and_can_resend_one(
 
     assert endpoint_page.status_code == 200
     assert delivery_page.status_code == 200
+    for page in ("webhookendpoint", "webhookdelivery", "spendalert", "spendalertrule"):
+        assert admin_client.get(f"/admin/billing/{page}/").status_code == 200
     assert issued.secret not in endpoint_page.content.decode()
     assert 'name="_save"' not in delivery_page.content.decode()
     assert posted.status_code == 403
