@@ -5,13 +5,14 @@ alerts, a restarted drain."""
 
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from django.core import mail
 from django.core.exceptions import ValidationError
 
+from billing import tasks
 from billing.alerts import alert_thresholds_set, alerts_check
 from billing.ledger import LedgerRecorder
 from billing.models import SpendAlert, WebhookDelivery
@@ -167,3 +168,19 @@ def test_thresholds_outside_the_rule_are_refused(db, acme, thresholds):
     with pytest.raises(ValidationError, match="whole percentages"):
         alert_thresholds_set(tenant=acme, thresholds=thresholds)
     assert not acme.alert_rules.exists()
+
+
+def test_the_sweep_emails_an_alert_whose_email_was_lost_once(db, budgeted):
+    store(_spend(budgeted, 5))  # its commit hooks never ran: the email task was lost
+    (alert,) = SpendAlert.objects.filter(tenant=budgeted)
+    SpendAlert.objects.filter(pk=alert.pk).update(
+        created_at=alert.created_at - timedelta(minutes=2)
+    )
+
+    tasks.sweep_events()
+    tasks.sweep_events()
+
+    (message,) = mail.outbox
+    assert "50%" in message.subject
+    alert.refresh_from_db()
+    assert alert.emailed_at is not None

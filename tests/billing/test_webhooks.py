@@ -304,3 +304,15 @@ def test_a_celery_worker_retries_with_backoff_until_the_receiver_accepts(
     delivery = WebhookDelivery.objects.get(event_id=event_id)
     assert delivery.state == WebhookDelivery.State.DELIVERED
     assert [a.status_code for a in delivery.attempts.all()] == [500, 500, 200]
+
+
+def test_the_sweep_sends_a_delivery_whose_task_was_lost_once(db, acme, loopback):
+    _endpoint(acme, loopback)
+    delivery = webhook_event_emit(tenant=acme, event_type="webhook.test", data={})  # no commit:
+    # its task was never sent, as when a worker dies before the broker has it.
+
+    tasks.sweep_events()
+    tasks.sweep_events()
+
+    assert list(loopback.accepted) == [delivery.event_id]
+    assert len(loopback.arrivals) == 1
