@@ -40,7 +40,8 @@ def _page(request, form=None, *, secret: str | None = None, status: int = 200,
     context = {"form": form, "endpoint": endpoint, "deliveries": deliveries, "secret": secret,
                "signature_header": webhooks.SIGNATURE_HEADER,
                "thresholds_form": thresholds_form,
-               "currency": settings.BILLING_CURRENCY}  # fmt: skip
+               "currency": settings.BILLING_CURRENCY,
+               "timeout_seconds": settings.WEBHOOK_TIMEOUT_SECONDS}  # fmt: skip
     response = render(request, "portal/webhooks.html", context, status=status)
     if secret is not None:
         response["Cache-Control"] = "no-store"

@@ -93,3 +93,8 @@ def test_a_member_cannot_change_the_thresholds(client, acme, bob):
     sign_in_client(client, bob, acme)
     assert client.post("/portal/webhooks/alerts/", {"thresholds": "10"}).status_code == 403
     assert not acme.alert_rules.exists()
+
+
+def test_the_page_says_how_long_a_receiver_has(alice_client, settings):
+    settings.WEBHOOK_TIMEOUT_SECONDS = 7.0
+    assert "within 7 seconds" in alice_client.get("/portal/webhooks/").content.decode()
