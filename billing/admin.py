@@ -16,7 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html_join
 
-from billing import exports
+from billing import admin_webhooks, exports
 from billing.admin_credits import CreditEntryAdmin
 from billing.admin_dashboard import usage_dashboard
 from billing.admin_tenants import TenantAdmin
@@ -43,6 +43,7 @@ from tenants.models import Tenant
 
 admin.site.register(Tenant, TenantAdmin)
 admin.site.register(CreditEntry, CreditEntryAdmin)
+__all__ = ["admin_webhooks"]  # registers the webhook and alert pages
 
 
 class AdminAssets:

@@ -15,11 +15,14 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Max, Sum
+from django.urls import reverse
 from django.utils import timezone
 
 from billing import credits, money
 from billing.models import CreditNote, Invoice, InvoiceCounter, InvoiceLine, Price, UsageRecord
+from billing.webhooks import webhook_event_emit
 from saas_platform.errors import PlatformError
+from saas_platform.site import absolute_url
 from tenants.models import Tenant
 
 
@@ -222,7 +225,17 @@ def invoice_close(*, tenant, period: date) -> Invoice:
         finalized_at=now,
     )
     InvoiceLine.objects.bulk_create(InvoiceLine(invoice=invoice, **line.__dict__) for line in lines)
+    _finalized_event(invoice)
     return invoice
+
+
+def _finalized_event(invoice: Invoice) -> None:
+    """`invoice.finalized` to the tenant's webhook, in the closing transaction."""
+    path = reverse("portal:invoice_file", kwargs={"ref": invoice.number, "fmt": "pdf"})
+    data = {"number": invoice.number, "period": f"{invoice.period:%Y-%m}",
+            "total": str(invoice.total), "currency": invoice.currency,
+            "download_url": absolute_url(path)}  # fmt: skip
+    webhook_event_emit(tenant=invoice.tenant, event_type="invoice.finalized", data=data)
 
 
 def invoices_close_due(*, now: datetime | None = None) -> list[Invoice]:

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import orjson
@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from billing import credits, money
+from billing import alerts, credits, money
 from billing.models import DailyUsage, UsageRecord
 from billing.pricing import PriceBook
 from billing.usage import UsageEvent
@@ -274,6 +274,12 @@ def ledger_store(events: list[UsageEvent]) -> StoreResult:
         credits.credits_draw(request_ids=inserted, tenant_ids={r[1] for r in rows})
     duplicates, conflicts = _not_stored([e for rid, e in by_id.items() if rid not in inserted])
     metrics.LEDGER_STORED.inc(len(rows))
+    _crash_if("before_alerts")
+    # Every event's (tenant, month), duplicates too: a batch retried after a crash between its
+    # commit and this check is checked again; the alerts' constraint keeps each one once.
+    alerts.alerts_check(
+        (int(e.tenant_id), date(*time.gmtime(e.timestamp)[:2], 1)) for e in by_id.values()
+    )
     return StoreResult(stored=len(rows), duplicates=duplicates, conflicts=conflicts)
 
 

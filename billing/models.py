@@ -229,3 +229,130 @@ class CreditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.kind} {self.amount}"
+class SpendAlert(models.Model):
+    """A threshold a tenant's spend reached, once: the unique constraint is what makes each
+    threshold fire once per scope and period however often the ledger re-checks (a retried
+    batch, a restarted worker). `scope` says what was measured: the tenant's monthly budget
+    today; a key's budget (`scope_ref` its prefix) or a prepaid balance (`period` then the
+    crossing) fit the same row."""
+
+    class Scope(models.TextChoices):
+        TENANT_BUDGET = "tenant_budget", "Tenant monthly budget"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="spend_alerts")
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    scope_ref = models.CharField(max_length=32, blank=True)
+    period = models.DateField(help_text="The first day of the month the threshold is for.")
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of the budget.")
+    spend = models.DecimalField(max_digits=24, decimal_places=12)
+    budget = models.DecimalField(max_digits=18, decimal_places=6)
+    currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField(default=timezone.now)
+    emailed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "scope", "scope_ref", "period", "threshold"],
+                name="spend_alert_once",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.scope} {self.period:%Y-%m} {self.threshold}%"
+
+
+class SpendAlertRule(models.Model):
+    """A tenant's own thresholds for one scope (percentages; validated by
+    billing.alerts.validate_thresholds); without a rule, SPEND_ALERT_THRESHOLDS apply."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alert_rules")
+    scope = models.CharField(max_length=16, choices=SpendAlert.Scope.choices)
+    scope_ref = models.CharField(max_length=32, blank=True)
+    thresholds = models.JSONField(help_text="Percentages of the budget, e.g. [50, 80, 100].")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "scope", "scope_ref"], name="spend_alert_rule_once"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.scope} {self.thresholds}"
+
+
+class WebhookEndpoint(models.Model):
+    """The tenant's own receiver of events. The secret signs every delivery; after a roll the
+    previous one signs alongside it until `previous_secret_expires_at`, so a receiver can switch
+    without missing a delivery."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="webhook")
+    url = models.CharField(max_length=2000)
+    event_types = models.JSONField(default=list, help_text="Empty: every event type.")
+    secret = models.CharField(max_length=80, editable=False)
+    previous_secret = models.CharField(max_length=80, blank=True, editable=False)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    enabled = models.BooleanField(default=True)
+    failing_since = models.DateTimeField(null=True, blank=True, editable=False)
+    disabled_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.url}"
+
+    def wants(self, event_type: str) -> bool:
+        # A test event goes to every enabled endpoint: it is what checks the endpoint.
+        chosen = not self.event_types or event_type in self.event_types
+        return self.enabled and (chosen or event_type == "webhook.test")
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint, with its body fixed when it is made: every attempt sends the
+    same bytes under the same `event_id`, which is what the receiver deduplicates on."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    event_id = models.CharField(max_length=40, unique=True)
+    event_type = models.CharField(max_length=40)
+    # Once per key: an event that must not be sent twice (a key's expiry notice).
+    dedup_key = models.CharField(max_length=120, null=True, blank=True, unique=True)
+    body = models.TextField()
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="webhook_due")]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id}"
+
+
+class WebhookAttempt(models.Model):
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempts")
+    attempted_at = models.DateTimeField(default=timezone.now)
+    duration_ms = models.PositiveIntegerField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    response_head = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["attempted_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} {self.status_code or self.error}"
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300

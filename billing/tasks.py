@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.conf import settings
 
-from billing import credits, ledger, ledger_lag, spend
+from billing import alerts, credits, ledger, ledger_lag, spend, webhook_delivery, webhooks
 from billing.invoices import invoices_close_due
 
 
@@ -37,3 +37,32 @@ def lapse_expired_credits() -> int:
 @shared_task(acks_late=True, time_limit=600, ignore_result=True)
 def reconcile_credits() -> int:
     return credits.credits_reconcile()
+# On the default queue, beside the drain: an attempt is bounded by WEBHOOK_TIMEOUT_SECONDS, and
+# a worker on its own queue would be one more service to run.
+@shared_task(acks_late=True, time_limit=120, ignore_result=True)
+def deliver_webhook(delivery_id: int) -> None:
+    delay = webhook_delivery.webhook_deliver(delivery_id=delivery_id)
+    if delay is not None and not settings.CELERY_TASK_ALWAYS_EAGER:
+        # Not in the embedded default (eager, no beat): retrying there would block the caller;
+        # the delivery stays pending, shown in the portal, until a worker's sweep sends it.
+        deliver_webhook.apply_async(args=[delivery_id], countdown=delay)
+
+
+@shared_task(acks_late=True, time_limit=120, ignore_result=True)
+def email_spend_alert(alert_id: int) -> None:
+    alerts.alert_email_send(alert_id=alert_id)
+
+
+@shared_task(time_limit=120, ignore_result=True, expires=50)
+def sweep_events() -> None:
+    """Send the deliveries and alert emails whose task was lost (a restart, a dropped
+    message); what is sent twice by a race is claimed once by its service."""
+    for delivery_id in webhook_delivery.webhooks_due():
+        deliver_webhook.delay(delivery_id)
+    for alert_id in alerts.alerts_unemailed():
+        email_spend_alert.delay(alert_id)
+
+
+@shared_task(time_limit=600, ignore_result=True)
+def notify_expiring_keys() -> int:
+    return webhooks.apikeys_expiring_notify()

@@ -4,30 +4,26 @@
 only `data:` URLs or `https` URLs whose host resolves to public addresses only pass."""
 
 import asyncio
-import ipaddress
 import socket
 from urllib.parse import urlsplit
 
 from gateway.parsing import InvalidRequest
 from models_mgmt.models import ServedModel
+from saas_platform.addresses import is_public_address
 
 PARAM = "messages"
 
 
-def _is_public(address: str) -> bool:
-    return ipaddress.ip_address(address.split("%", 1)[0]).is_global
-
-
 async def _public_host(host: str) -> bool:
     try:
-        return _is_public(host)  # a literal address
+        return is_public_address(host)  # a literal address
     except ValueError:
         pass
     try:
         found = await asyncio.get_running_loop().getaddrinfo(host, 443, type=socket.SOCK_STREAM)
     except OSError:
         return False
-    return bool(found) and all(_is_public(info[4][0]) for info in found)
+    return bool(found) and all(is_public_address(info[4][0]) for info in found)
 
 
 async def check_images(urls: tuple[str, ...], model: ServedModel) -> None:

@@ -10,6 +10,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.utils import timezone
 
+from billing.alerts import validate_thresholds
+from billing.webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
 from portal.sign_ins import sign_in_failed, sign_in_succeeded
 from saas_platform.text import validate_display_name
 from tenants.models import Membership
@@ -198,3 +200,35 @@ class PortalSignInForm(PasswordSignInMixin, AuthenticationForm):
 
 class AdminSignInForm(PasswordSignInMixin, AdminAuthenticationForm):
     pass
+class WebhookForm(forms.Form):
+    """The endpoint's fields; their rule is billing.webhooks.validate_webhook_config, applied
+    by the service (its errors land on these fields)."""
+
+    url = forms.CharField(
+        label="Endpoint URL", max_length=2000,
+        help_text="An https URL of your receiver; we POST signed JSON events to it.",
+    )  # fmt: skip
+    event_types = forms.MultipleChoiceField(
+        label="Events", required=False, widget=forms.CheckboxSelectMultiple,
+        choices=[(name, name) for name in WEBHOOK_EVENT_TYPES],
+        help_text="None chosen: every event. webhook.test is always sent when you ask for it.",
+    )  # fmt: skip
+
+
+class AlertThresholdsForm(forms.Form):
+    thresholds = forms.CharField(
+        label="Alert at", max_length=100,
+        help_text="Percentages of the monthly budget, e.g. 50, 80, 100. Owners are emailed "
+        "(and your webhook gets budget.threshold_reached) once a month at each.",
+    )  # fmt: skip
+
+    def clean_thresholds(self) -> list[int]:
+        parts = [part.strip().rstrip("%") for part in self.cleaned_data["thresholds"].split(",")]
+        try:
+            values = [int(part) for part in parts if part]
+        except ValueError:
+            raise forms.ValidationError("Write whole percentages, e.g. 50, 80, 100.") from None
+        try:
+            return validate_thresholds(values)
+        except ValidationError as error:
+            raise forms.ValidationError(error.message_dict["thresholds"]) from None

@@ -12,6 +12,7 @@ from portal.views import (
     overview,
     sso,
     usage,
+    webhooks,
 )
 
 app_name = "portal"
@@ -62,4 +63,9 @@ urlpatterns = [
     path("members/invitations/<int:pk>/cancel/", members.invitation_cancel,
          name="invitation_cancel"),
     path("invitations/<str:token>/", invitations.invitation_accept, name="invitation"),
+    path("webhooks/", webhooks.webhook, name="webhooks"),
+    path("webhooks/roll/", webhooks.webhook_roll, name="webhook_roll"),
+    path("webhooks/test/", webhooks.webhook_test, name="webhook_test"),
+    path("webhooks/remove/", webhooks.webhook_remove, name="webhook_remove"),
+    path("webhooks/alerts/", webhooks.alert_thresholds, name="alert_thresholds"),
 ]  # fmt: skip

@@ -44,3 +44,13 @@ def client_address(request) -> str | None:
     """The client's address as the server believes it (django-axes' AXES_CLIENT_IP_CALLABLE):
     REMOTE_ADDR, which is the peer's unless the peer is a trusted proxy."""
     return request.META.get("REMOTE_ADDR")
+
+
+def is_public_address(address: str) -> bool:
+    """True for an address on the public internet: not loopback, private, link-local (the cloud
+    metadata range 169.254.0.0/16 with it), multicast, reserved or unspecified. The one rule for
+    addresses the platform connects to or lets an engine fetch on a tenant's behalf."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id is not part of it
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback
+    return ip.is_global and not ip.is_multicast

@@ -236,6 +236,10 @@ CELERY_BEAT_SCHEDULE = {
     "node-ticks": {"task": "models_mgmt.tasks.schedule_node_ticks", "schedule": 15.0},
     # Email the operators when the ledger falls behind the usage stream, and when it catches up.
     "ledger-lag-watch": {"task": "billing.tasks.watch_ledger_lag", "schedule": 15.0},
+    # Webhook deliveries due (retries, lost tasks) and spend-alert emails not sent yet.
+    "events-sweep": {"task": "billing.tasks.sweep_events", "schedule": 30.0},
+    # apikey.expiring events for keys that expire in WEBHOOK_KEY_EXPIRY_NOTICE_DAYS.
+    "apikeys-expiring": {"task": "billing.tasks.notify_expiring_keys", "schedule": 86400.0},
 }
 
 # --- Usage events: optional NDJSON file each event is appended to, and recorder classes.
@@ -262,6 +266,30 @@ BILLING_OPERATOR_NAME = env_str("BILLING_OPERATOR_NAME", "Inference Platform Ope
 BILLING_OPERATOR_ADDRESS = env_str("BILLING_OPERATOR_ADDRESS", "")
 # Days after a month's end before its invoices are closed, so late usage events still count.
 INVOICE_GRACE_DAYS = env_int("INVOICE_GRACE_DAYS", 3, minimum=0)
+# Spend alerts: percentages of the monthly budget, each emailed (and sent to the tenant's
+# webhook) once a month.
+try:
+    SPEND_ALERT_THRESHOLDS = sorted(
+        {int(v) for v in env_list("SPEND_ALERT_THRESHOLDS", ["50", "80", "100"])}
+    )
+except ValueError:
+    raise ImproperlyConfigured(
+        "SPEND_ALERT_THRESHOLDS must be whole percentages: 50,80,100"
+    ) from None
+# Webhooks to the tenants' own endpoints. Plain http and private or loopback receivers only
+# for development and tests: the URL is the tenant's input, and the platform connects to it.
+WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", default=False)
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", default=False)
+# A CA bundle receivers' certificates are checked against instead of the public CAs (a
+# development CA); empty: the public ones.
+WEBHOOK_CA_BUNDLE = env_str("WEBHOOK_CA_BUNDLE")
+WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+# Retries double from this delay (at most an hour apart) until WEBHOOK_RETRY_HOURS have passed.
+WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 30.0, minimum=0.01)
+WEBHOOK_RETRY_HOURS = env_int("WEBHOOK_RETRY_HOURS", 24, minimum=1)
+# An endpoint whose deliveries fail this long is disabled and its owners emailed.
+WEBHOOK_DISABLE_AFTER_DAYS = env_int("WEBHOOK_DISABLE_AFTER_DAYS", 3, minimum=1)
+WEBHOOK_KEY_EXPIRY_NOTICE_DAYS = env_int("WEBHOOK_KEY_EXPIRY_NOTICE_DAYS", 7, minimum=1)
 # Events a ledger batch stores at once, and how long an unacknowledged one waits before
 # another worker takes it over (its first worker presumably died).
 # 2,000: 1.14x the events/s of 500 in the ingest bench; past ~5,000 little more is gained.
