@@ -1,8 +1,8 @@
 """Spend alerts: decided by the ledger after a batch is stored, never on the request path.
 
 Each rule in SCOPES measures one "scope" of a tenant's spend against its limit (`Measure`);
-the tenant's monthly budget is the one scope today. A key's own budget is another function
-returning a Measure per key (`scope_ref` the key's prefix); a prepaid balance is one whose
+the tenant's monthly budget, and each key's own budget (`scope_ref` the key's prefix). A
+prepaid balance would be one more, whose
 `period` names the crossing (the balance's top-up), so it fires once per crossing. The
 thresholds are the tenant's own for that scope and ref (`SpendAlertRule`), else
 SPEND_ALERT_THRESHOLDS. `alerts_check` does the rest alike for every scope: a threshold reached
@@ -14,7 +14,7 @@ at once); the row, its webhook event and its email go together.
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
@@ -27,10 +27,11 @@ from django.utils import timezone
 
 from billing import money
 from billing.invoices import next_month
-from billing.models import DailyUsage, SpendAlert, SpendAlertRule
+from billing.models import DailyUsage, SpendAlert, SpendAlertRule, UsageRecord
 from billing.webhook_delivery import owners_email
 from billing.webhooks import webhook_event_emit
-from tenants.models import Tenant
+from tenants.apikeys import KEY_PREFIX
+from tenants.models import ApiKey, Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,50 @@ def tenant_budget_measures(pairs: set[tuple[int, date]]) -> list[Measure]:
     ]
 
 
+def key_budget_measures(pairs: set[tuple[int, date]]) -> list[Measure]:
+    """Each key with a budget of its own: its spend in a month (from the ledger, on the tenant
+    and time index: the rollups are not kept per key) against that budget."""
+    tenant_ids = {tenant_id for tenant_id, _period in pairs}
+    keys = {
+        KEY_PREFIX + key.prefix: key
+        for key in ApiKey.objects.filter(
+            tenant_id__in=tenant_ids, monthly_budget__gt=0
+        ).select_related("tenant")
+    }
+    if not keys:
+        return []
+    periods = {period for _tenant_id, period in pairs}
+    sums = (
+        UsageRecord.objects.filter(
+            tenant_id__in={key.tenant_id for key in keys.values()},
+            occurred_at__gte=month_bounds(min(periods))[0],
+            occurred_at__lt=month_bounds(max(periods))[1],
+            api_key_prefix__in=keys,
+        )
+        .annotate(month=TruncMonth("occurred_at"))
+        .values("api_key_prefix", "month")
+        .annotate(total=Sum("amount"))
+    )
+    measures = []
+    for row in sums:
+        key, period = keys[row["api_key_prefix"]], row["month"].date()
+        if (key.tenant_id, period) in pairs:
+            measures.append(Measure(
+                tenant=key.tenant, scope=SpendAlert.Scope.KEY_BUDGET,
+                scope_ref=row["api_key_prefix"], period=period, spend=row["total"],
+                limit=key.monthly_budget, currency=settings.BILLING_CURRENCY,
+            ))  # fmt: skip
+    return measures
+
+
+def month_bounds(period: date) -> tuple[datetime, datetime]:
+    start = datetime(period.year, period.month, 1, tzinfo=UTC)
+    end = next_month(period)
+    return start, datetime(end.year, end.month, 1, tzinfo=UTC)
+
+
 # Every scope's rule; each returns the Measures for the (tenant, month) pairs a batch touched.
-SCOPES = (tenant_budget_measures,)
+SCOPES = (tenant_budget_measures, key_budget_measures)
 
 
 MAX_THRESHOLDS = 10
@@ -210,8 +253,9 @@ def alert_email_send(*, alert_id: int) -> bool:
         return False
     alert = SpendAlert.objects.select_related("tenant").get(pk=alert_id)
     tenant = alert.tenant
+    whose = f"key {alert.scope_ref}" if alert.scope_ref else "its"
     subject = (
-        f"{tenant.name or tenant.slug} has used {alert.threshold}% of its "
+        f"{tenant.name or tenant.slug} has used {alert.threshold}% of {whose} "
         f"{alert.period:%B %Y} budget"
     )
     body = render_to_string("billing/emails/spend_alert.txt", {"alert": alert, "tenant": tenant})

@@ -229,6 +229,8 @@ class CreditEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant_id} {self.kind} {self.amount}"
+
+
 class SpendAlert(models.Model):
     """A threshold a tenant's spend reached, once: the unique constraint is what makes each
     threshold fire once per scope and period however often the ledger re-checks (a retried
@@ -238,6 +240,7 @@ class SpendAlert(models.Model):
 
     class Scope(models.TextChoices):
         TENANT_BUDGET = "tenant_budget", "Tenant monthly budget"
+        KEY_BUDGET = "key_budget", "API key monthly budget"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="spend_alerts")
     scope = models.CharField(max_length=16, choices=Scope.choices)

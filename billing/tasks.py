@@ -37,6 +37,8 @@ def lapse_expired_credits() -> int:
 @shared_task(acks_late=True, time_limit=600, ignore_result=True)
 def reconcile_credits() -> int:
     return credits.credits_reconcile()
+
+
 # On the default queue, beside the drain: an attempt is bounded by WEBHOOK_TIMEOUT_SECONDS, and
 # a worker on its own queue would be one more service to run.
 @shared_task(acks_late=True, time_limit=120, ignore_result=True)

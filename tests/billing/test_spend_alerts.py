@@ -131,7 +131,7 @@ def test_a_ledger_worker_killed_around_its_alerts_sends_each_once(
     assert len(list(tmp_path.iterdir())) == 3  # one email file each
 
 
-def test_a_tenant_past_its_budget_costs_a_batch_four_queries(
+def test_a_tenant_past_its_budget_costs_a_batch_five_queries(
     db, budgeted, globex, django_assert_max_num_queries
 ):
     store(_spend(budgeted, 11))
@@ -140,8 +140,9 @@ def test_a_tenant_past_its_budget_costs_a_batch_four_queries(
         (globex.pk, datetime.now(UTC).date().replace(day=1)),
     ]
 
-    # The tenants, the month's spend, their own thresholds, the alerts fired already.
-    with django_assert_max_num_queries(4):
+    # The tenants, the month's spend, the keys with budgets (none here), their own thresholds,
+    # the alerts fired already.
+    with django_assert_max_num_queries(5):
         made = alerts_check(pairs)
 
     assert made == []
@@ -184,3 +185,21 @@ def test_the_sweep_emails_an_alert_whose_email_was_lost_once(db, budgeted):
     assert "50%" in message.subject
     alert.refresh_from_db()
     assert alert.emailed_at is not None
+
+
+def test_a_keys_own_budget_alerts_as_the_key(
+    db, budgeted, receiver, django_capture_on_commit_callbacks
+):
+    capped = services.apikey_issue(tenant=budgeted, name="batch")
+    services.apikey_update(api_key=capped.api_key, monthly_budget=Decimal(2))
+    prefix = capped.api_key.display_prefix
+    with django_capture_on_commit_callbacks(execute=True):
+        store(_spend(budgeted, 1, api_key_prefix=prefix))  # the key at 50%, the tenant at 10%
+        store(_spend(budgeted, 1, api_key_prefix=prefix))  # 100% of the key's
+
+    keyed = SpendAlert.objects.filter(tenant=budgeted, scope=SpendAlert.Scope.KEY_BUDGET)
+    assert sorted(keyed.values_list("threshold", flat=True)) == [50, 80, 100]
+    assert set(keyed.values_list("scope_ref", flat=True)) == {prefix}
+    assert not SpendAlert.objects.filter(scope=SpendAlert.Scope.TENANT_BUDGET).exists()
+    assert f"has used 100% of key {prefix} " in sorted(m.subject for m in mail.outbox)[0]
+    assert {e["data"]["key_prefix"] for e in receiver.accepted.values()} == {prefix}
