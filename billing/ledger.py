@@ -1,9 +1,11 @@
 """Storing usage events in the ledger, exactly once each, priced at their own time.
 
 Gateways publish events to a durable buffer, a Redis stream (`LedgerRecorder`); a Celery task
-drains it in batches (`ledger_drain`) through a consumer group. An entry is acknowledged only
-after its batch is committed, so a worker killed mid-batch leaves it pending, and another drain
-claims and stores it again: `request_id` makes that second write a no-op. Without Redis (the
+drains it in batches (`ledger_drain`) through a consumer group, and hands what it stored to the
+recorders fed after the ledger (the Kafka stream). An entry is acknowledged only after its batch
+is committed and those recorders took its event, so a worker killed mid-batch (or a broker
+down) leaves it pending, and a later drain stores it again: `request_id` makes that second
+write a no-op, and only what the recorders did not take is handed to them again. Without Redis (the
 embedded default) the recorder stores events directly.
 
 The stream is one key, so on a Redis Cluster it and its consumer group live on one slot (one
@@ -29,7 +31,7 @@ from django.utils import timezone
 from billing import money, spend
 from billing.models import DailyUsage, UsageRecord
 from billing.pricing import PriceBook
-from billing.usage import UsageEvent
+from billing.usage import UsageEvent, recorders_after_ledger
 from saas_platform import metrics
 from saas_platform.redis_clients import async_client, sync_client
 from saas_platform.threads import in_db_thread
@@ -51,6 +53,8 @@ class StoreResult:
     stored: int
     duplicates: int
     conflicts: int
+    # The request ids now in the ledger with the payload given: stored here or before.
+    kept: frozenset[str] = frozenset()
 
 
 # A ledger row's values, in this order, on both insert paths.
@@ -211,24 +215,24 @@ def _rollup(rows: list[tuple]) -> None:
         cursor.execute(sql, params)
 
 
-def _not_stored(events: list[UsageEvent]) -> tuple[int, int]:
-    """Events whose request id was already stored: (duplicates, conflicts). A different payload
-    under a stored id is refused and logged."""
+def _not_stored(events: list[UsageEvent]) -> tuple[set[str], int]:
+    """Events whose request id was already stored: (the duplicates' ids, conflicts). A different
+    payload under a stored id is refused and logged."""
     if not events:
-        return 0, 0
+        return set(), 0
     stored = {
         row["request_id"]: row
         for row in UsageRecord.objects.filter(request_id__in=[e.request_id for e in events]).values(
             "request_id", *_COMPARED
         )
     }
-    duplicates = conflicts = 0
+    duplicates, conflicts = set(), 0
     for e in events:
         row = stored[e.request_id]
         if (int(e.tenant_id), e.model, e.prompt_tokens, e.completion_tokens, e.status) == tuple(
             row[field] for field in _COMPARED
         ):
-            duplicates += 1
+            duplicates.add(e.request_id)
         else:
             conflicts += 1
             metrics.LEDGER_CONFLICTS.inc()
@@ -282,7 +286,8 @@ def ledger_store(events: list[UsageEvent]) -> StoreResult:
         added[(r[1], months[moment])] += micros[amount]
     spend.spend_add_many({key: value for key, value in added.items() if value})
     metrics.LEDGER_STORED.inc(len(rows))
-    return StoreResult(stored=len(rows), duplicates=duplicates, conflicts=conflicts)
+    return StoreResult(stored=len(rows), duplicates=len(duplicates), conflicts=conflicts,
+                       kept=frozenset(inserted | duplicates))  # fmt: skip
 
 
 def _redis():
@@ -350,6 +355,28 @@ def _crash_if(point: str) -> None:
         os._exit(137)
 
 
+# The recorders fed after the ledger, made once per process for the USAGE_RECORDERS they are of.
+_after_ledger: tuple[tuple[str, ...], list] = ((), [])
+
+
+def _forward(events: list[UsageEvent]) -> set[str]:
+    """Hand stored events to the recorders fed after the ledger (USAGE_RECORDERS' Kafka);
+    return the request ids every one of them took (all, when there are none)."""
+    global _after_ledger
+    named = tuple(settings.USAGE_RECORDERS)
+    if _after_ledger[0] != named:
+        _after_ledger = (named, recorders_after_ledger())
+    taken = {e.request_id for e in events}
+    for recorder in _after_ledger[1]:
+        try:
+            taken &= recorder.record_many(events)
+        except Exception:  # any failure: the entries stay pending and are retried
+            metrics.USAGE_FORWARD_FAILURES.labels(recorder=type(recorder).__name__).inc(len(events))
+            logger.exception("usage recorder %s failed; retried", type(recorder).__name__)
+            return set()
+    return taken
+
+
 def ledger_drain(*, batch_size: int | None = None, max_batches: int = 100) -> int:
     """Move events from the stream into the ledger, a batch at a time, until it is empty (or
     `max_batches`). Entries another consumer took but never acknowledged (it died) are claimed
@@ -378,13 +405,25 @@ def ledger_drain(*, batch_size: int | None = None, max_batches: int = 100) -> in
                 entries.extend(items)
         if not entries:
             break
-        events = [_decode(fields[b"event"]) for _id, fields in entries if fields]
+        decoded = [(entry_id, _decode(fields[b"event"]) if fields else None)
+                   for entry_id, fields in entries]  # fmt: skip
+        events = [e for _id, e in decoded if e is not None]
         _crash_if("before_commit")
         result = ledger_store(events)
         _crash_if("after_commit")
-        ids = [entry_id for entry_id, _fields in entries]
-        client.xack(STREAM, GROUP, *ids)
-        client.xdel(STREAM, *ids)
+        taken = _forward([e for e in events if e.request_id in result.kept])
+        # An entry stays pending (read again first by the next drain, stored as a duplicate)
+        # until every recorder fed after the ledger has taken its event.
+        ids = [
+            entry_id
+            for entry_id, e in decoded
+            if e is None or e.request_id not in result.kept or e.request_id in taken
+        ]
+        if ids:
+            client.xack(STREAM, GROUP, *ids)
+            client.xdel(STREAM, *ids)
         stored += result.stored
+        if len(ids) < len(decoded):
+            break  # a recorder is failing: the next drain retries, after its pause
     client.set(LAST_DRAIN, repr(time.time()))
     return stored
