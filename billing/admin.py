@@ -25,11 +25,9 @@ from billing.invoices import (
     credit_note_issue,
     invoice_close,
     invoice_for,
-    month_start,
-    next_month,
-    parse_period,
 )
 from billing.models import CreditNote, DailyUsage, Invoice, InvoiceLine, Price, UsageRecord
+from saas_platform import periods
 from tenants.models import Tenant
 
 admin.site.register(Tenant, TenantAdmin)
@@ -132,7 +130,7 @@ def with_period_amount(tenants, period: date):
     estimate of the draft: the invoice rounds per line and adds late usage)."""
     field = DecimalField(max_digits=24, decimal_places=12)
     month = DailyUsage.objects.filter(tenant=OuterRef("pk"), day__gte=period,
-                                      day__lt=next_month(period))  # fmt: skip
+                                      day__lt=periods.next_month(period))  # fmt: skip
     total = month.order_by().values("tenant").annotate(total=Sum("amount")).values("total")
     amount = Coalesce(Subquery(total, output_field=field), Value(Decimal(0)), output_field=field)
     return tenants.annotate(period_amount=amount)
@@ -191,7 +189,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
         if fmt not in exports.FORMATS:
             raise Http404("unknown format")
         try:
-            month = parse_period(period)
+            month = periods.parse_period(period)
         except ValueError:
             raise Http404("bad period") from None
         return invoice_download(invoice_for(get_object_or_404(Tenant, pk=tenant_id), month), fmt)
@@ -203,9 +201,9 @@ class InvoiceAdmin(ReadOnlyAdmin):
         Close the month for every tenant not closed yet."""
         if not self.has_view_permission(request):
             return HttpResponseRedirect(reverse("admin:index"))
-        last_month = date.fromordinal(month_start().toordinal() - 1).replace(day=1)
+        last_month = periods.last_month()
         try:
-            period = parse_period(request.POST.get("period") or request.GET.get("period")
+            period = periods.parse_period(request.POST.get("period") or request.GET.get("period")
                                   or f"{last_month:%Y-%m}")  # fmt: skip
         except ValueError as error:
             messages.error(request, str(error))

@@ -46,7 +46,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from xml.sax.saxutils import escape
 
@@ -61,6 +61,7 @@ from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, Tabl
 
 from billing.invoices import InvoiceData
 from billing.models import Invoice, UsageRecord
+from saas_platform import periods
 
 INVOICE_COLUMNS = (
     "invoice_number", "status", "tenant", "period", "currency", "line_kind", "model",
@@ -236,7 +237,7 @@ def _details(data: InvoiceData) -> list:
         number, issued = "none (draft)", f"not issued (draft as of {timezone.now():%Y-%m-%d})"
     else:
         number, issued = data.number, f"{data.finalized_at.astimezone(UTC):%Y-%m-%d}"
-    last_day = date.fromordinal(data.period_end.toordinal() - 1)
+    last_day = periods.month_last_day(data.period)
     rows = [
         ("Bill to", f"{data.tenant.name} ({data.tenant.slug})"),
         ("Invoice number", number),

@@ -7,9 +7,8 @@ the tenant's previous invoice was finalized. So a late event lands on the next i
 every row is invoiced exactly once as long as each month is closed in order.
 """
 
-import calendar
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 
 from django.conf import settings
@@ -20,6 +19,7 @@ from django.utils import timezone
 from billing import money
 from billing.models import CreditNote, Invoice, InvoiceCounter, InvoiceLine, Price, UsageRecord
 from saas_platform.errors import PlatformError
+from saas_platform.periods import month_range, next_month
 from tenants.models import Tenant
 
 
@@ -69,32 +69,8 @@ class InvoiceData:
         return sum(line.output_tokens for line in self.lines)
 
 
-def parse_period(value: str) -> date:
-    """`YYYY-MM` to the month's first day; ValueError with a clear message otherwise."""
-    try:
-        year, month = (int(part) for part in value.split("-"))
-        return date(year, month, 1)
-    except (ValueError, TypeError):
-        raise ValueError(f"period must be YYYY-MM, got {value!r}") from None
-
-
-def month_start(moment: datetime | None = None) -> date:
-    """The first day of the month of `moment` (default now), in UTC."""
-    moment = (moment or timezone.now()).astimezone(UTC)
-    return date(moment.year, moment.month, 1)
-
-
-def next_month(period: date) -> date:
-    days = calendar.monthrange(period.year, period.month)[1]
-    return date.fromordinal(period.toordinal() + days)
-
-
-def _start(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
 def _lines(tenant, period: date, after_id: int, through_id: int) -> tuple[list[Line], str]:
-    start, end = _start(period), _start(next_month(period))
+    start, end = month_range(period)
     tenant_rows = UsageRecord.objects.filter(tenant=tenant, id__lte=through_id)
     groups = [
         (InvoiceLine.Kind.USAGE, tenant_rows.filter(occurred_at__gte=start, occurred_at__lt=end)),

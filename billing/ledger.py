@@ -33,6 +33,7 @@ from billing.models import DailyUsage, UsageRecord
 from billing.pricing import PriceBook
 from billing.usage import UsageEvent, recorders_after_ledger
 from saas_platform import metrics
+from saas_platform.periods import month_key
 from saas_platform.redis_clients import async_client, sync_client
 from saas_platform.threads import in_db_thread
 from tenants.models import Tenant
@@ -282,7 +283,7 @@ def ledger_store(events: list[UsageEvent]) -> StoreResult:
         if amount not in micros:
             micros[amount] = money.to_micros(amount)
         if moment not in months:
-            months[moment] = spend.month_key(moment)
+            months[moment] = month_key(moment)
         added[(r[1], months[moment])] += micros[amount]
     spend.spend_add_many({key: value for key, value in added.items() if value})
     metrics.LEDGER_STORED.inc(len(rows))

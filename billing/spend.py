@@ -3,7 +3,6 @@ embedded default), so the budget check costs no extra round trip. Kept in whole 
 the currency; the ledger in PostgreSQL stays the truth and `spend_reconcile` resets from it."""
 
 import threading
-import time
 from datetime import datetime
 
 from django.conf import settings
@@ -12,15 +11,8 @@ from django.utils import timezone
 
 from billing import money
 from billing.models import UsageRecord
+from saas_platform.periods import day_start, month_key, month_start
 from saas_platform.redis_clients import is_cluster, sync_client
-
-
-def month_key(moment: datetime | None = None) -> str:
-    """`YYYY-MM` of `moment` (aware, UTC), or of now: the admission script's key on every
-    request, so now is read from the clock directly rather than through Django's timezone."""
-    if moment is None:
-        return time.strftime("%Y-%m", time.gmtime())
-    return moment.strftime("%Y-%m")
 
 
 def spend_key(tenant_id: int, month: str) -> str:
@@ -121,7 +113,7 @@ def spend_reconcile(moment: datetime | None = None) -> None:
     """Set every tenant's running spend this month from the ledger (the truth): heals a Redis
     that lost its data and any drift."""
     moment = moment or timezone.now()
-    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    start = day_start(month_start(moment))
     totals = (
         UsageRecord.objects.filter(occurred_at__gte=start, occurred_at__lte=moment)
         .values("tenant_id")

@@ -10,7 +10,6 @@ Lua script a call); otherwise an in-process backend with the same contract.
 """
 
 import asyncio
-import calendar
 import logging
 import math
 import threading
@@ -24,10 +23,11 @@ from django.conf import settings
 from redis.exceptions import NoScriptError, RedisError
 
 from billing.money import to_micros
-from billing.spend import month_key, spend_get_local, spend_key
+from billing.spend import spend_get_local, spend_key
 from gateway.admission_lua import ADMIT, RELEASE, RENEW
 from saas_platform import metrics
 from saas_platform.errors import RateLimited, ServiceUnavailable
+from saas_platform.periods import month_key, seconds_to_next_month
 from saas_platform.redis_clients import async_client
 from tenants.refusals import count_refusal
 
@@ -424,7 +424,7 @@ async def acquire(*, tenant, lease_id: str, tokens: int) -> tuple[Lease, Decisio
             currency=settings.BILLING_CURRENCY,
         )
         if decision.reason == "budget":
-            error = RateLimited(message, retry_after=_seconds_to_next_month(),
+            error = RateLimited(message, retry_after=seconds_to_next_month(),
                                 code="insufficient_quota")  # fmt: skip
             error.error_type = "insufficient_quota"
         else:
@@ -432,12 +432,6 @@ async def acquire(*, tenant, lease_id: str, tokens: int) -> tuple[Lease, Decisio
         error.decision = decision
         raise error
     return Lease(backend=chosen, tenant_id=tenant.pk, lease_id=lease_id, tokens=tokens), decision
-
-
-def _seconds_to_next_month() -> int:
-    now = time.gmtime()
-    year, month = (now.tm_year + 1, 1) if now.tm_mon == 12 else (now.tm_year, now.tm_mon + 1)
-    return max(1, int(calendar.timegm((year, month, 1, 0, 0, 0)) - time.time()))
 
 
 def _duration(seconds: float) -> str:

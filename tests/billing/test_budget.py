@@ -12,6 +12,7 @@ import pytest
 from billing import spend
 from billing.pricing import price_set
 from gateway.admission import Limits, LocalAdmission, RedisAdmission
+from saas_platform import periods
 from tenants import services
 from tests.billing.factories import event, store
 from tests.gateway_server import make_customer
@@ -43,7 +44,7 @@ def test_a_spent_budget_refuses_with_insufficient_quota_until_it_is_raised(gatew
 
 def test_no_budget_means_no_budget_check(gateway, catalog):
     customer = make_customer(gateway)
-    spend.spend_set(customer.tenant.pk, spend.month_key(), 10**15)
+    spend.spend_set(customer.tenant.pk, periods.month_key(), 10**15)
 
     response = httpx.post(f"{gateway.url}/v1/chat/completions",
                           json={"model": "fake", "messages": HI},
@@ -65,9 +66,9 @@ def test_admission_backends_check_the_budget(request, settings, backend):
         chosen = LocalAdmission() if backend == "local" else RedisAdmission(settings.REDIS_URL)
         return await chosen.admit(tenant_id, lease_id, limits, 10)
 
-    spend.spend_set(tenant_id, spend.month_key(), 1_999_999)
+    spend.spend_set(tenant_id, periods.month_key(), 1_999_999)
     under = asyncio.run(admit("a"))
-    spend.spend_add(tenant_id, spend.month_key(), 1)
+    spend.spend_add(tenant_id, periods.month_key(), 1)
     over = asyncio.run(admit("b"))
 
     assert under.admitted

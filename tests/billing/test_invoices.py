@@ -12,6 +12,7 @@ from billing import invoices
 from billing.invoices import InvoiceError, credit_note_issue, invoice_close, invoice_for
 from billing.models import Invoice, InvoiceLine, UsageRecord
 from billing.pricing import price_set
+from saas_platform import periods
 from tests.billing.factories import event, store
 
 SEPT, OCT, NOV = date(2026, 9, 1), date(2026, 10, 1), date(2026, 11, 1)
@@ -35,7 +36,7 @@ def ledger_tokens(tenant, period):
     rows = UsageRecord.objects.filter(
         tenant=tenant,
         occurred_at__gte=at(period, 1).replace(hour=0),
-        occurred_at__lt=at(invoices.next_month(period), 1).replace(hour=0),
+        occurred_at__lt=at(periods.next_month(period), 1).replace(hour=0),
     )
     sums = rows.aggregate(inp=Sum("prompt_tokens"), out=Sum("completion_tokens"))
     return sums["inp"] or 0, sums["out"] or 0

@@ -5,12 +5,13 @@ from django.core.management.base import CommandError
 
 from billing import invoices
 from billing.models import Invoice
+from saas_platform import periods
 from saas_platform.cli import ScriptableCommand, format_table
 from tenants.models import Tenant
 
 
 def _period(value: str):
-    return invoices.parse_period(value)
+    return periods.parse_period(value)
 
 
 _period.__name__ = "period (YYYY-MM)"
