@@ -12,13 +12,16 @@ the end):
     tenant                    the tenant's slug
     period                    the invoiced month, YYYY-MM
     currency                  ISO 4217 code of every amount and price in the file
-    line_kind                 usage (the month's own requests) | adjustment (late usage from
-                              earlier months, stored after their invoice was finalized)
+    line_kind                 usage (the month's own requests) | cached (their input tokens
+                              the engine served from its prompt cache) | adjustment (late
+                              usage from earlier months, stored after their invoice was
+                              finalized) | late_cached (the cached input of that late usage)
     model                     the public model id
-    requests                  number of requests
-    input_tokens              prompt tokens
+    requests                  number of requests (0 on a cached line: counted on its usage line)
+    input_tokens              prompt tokens (on a usage line, those not served from the cache)
     output_tokens             completion tokens
-    input_price_per_million   price of a million input tokens (0 for an unpriced model)
+    input_price_per_million   price of a million input tokens (0 for an unpriced model; on a
+                              cached line, the cached input price)
     output_price_per_million  price of a million output tokens
     amount                    the line's amount, rounded once to the currency's minor unit
 
@@ -40,6 +43,8 @@ Usage CSV (`usage_csv_rows`): the same dialect, one row per ledger row (per requ
     usage_source       reported (by the engine) | counted (by the gateway itself)
     amount             the request's exact cost (12 decimal places; not rounded)
     currency           ISO 4217 code of amount
+    cached_tokens      of the prompt tokens, those served from the engine's prompt cache
+    cached_amount      their cost at the cached input price (part of amount)
 """
 
 import csv
@@ -48,6 +53,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import NamedTuple
 from xml.sax.saxutils import escape
 
 from django.conf import settings
@@ -59,6 +65,7 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from billing import money
 from billing.invoices import InvoiceData
 from billing.models import Invoice, UsageRecord
 from saas_platform import periods
@@ -70,12 +77,14 @@ INVOICE_COLUMNS = (
 )  # fmt: skip
 USAGE_COLUMNS = (
     "request_id", "occurred_at", "model", "api_key_prefix", "prompt_tokens",
-    "completion_tokens", "status", "usage_source", "amount", "currency",
+    "completion_tokens", "status", "usage_source", "amount", "currency", "cached_tokens",
+    "cached_amount",
 )  # fmt: skip
-# The ledger's fields for those columns, in the same order.
+# The ledger's fields for those columns, in the same order (the cached amount from the price).
 _USAGE_FIELDS = (
     "request_id", "occurred_at", "model_id", "api_key_prefix", "prompt_tokens",
-    "completion_tokens", "status", "counted", "amount", "currency",
+    "completion_tokens", "status", "counted", "amount", "currency", "cached_tokens",
+    "price__input_per_million", "price__cached_input_per_million",
 )  # fmt: skip
 FORMATS = ("csv", "json", "pdf")
 CONTENT_TYPES = {
@@ -201,7 +210,8 @@ _ISSUER = ParagraphStyle("issuer", parent=_BODY, fontName="Helvetica-Bold", font
 _TOTAL = ParagraphStyle("total", parent=_BODY, fontName="Helvetica-Bold", fontSize=12,
                         alignment=TA_RIGHT, spaceBefore=6)  # fmt: skip
 _DRAFT_TITLE = ParagraphStyle("draft", parent=_TITLE, textColor=colors.HexColor("#b00020"))
-_KIND_LABELS = {"usage": "Usage", "adjustment": "Late usage"}
+_KIND_LABELS = {"usage": "Usage", "cached": "Cached input", "adjustment": "Late usage",
+                "late_cached": "Late cached input"}  # fmt: skip
 
 
 def _para(text: str, style: ParagraphStyle = _BODY) -> Paragraph:
@@ -370,15 +380,31 @@ def usage_csv_rows(
     return _usage_chunks(rows)
 
 
+class _RowPrice(NamedTuple):
+    """A ledger row's price as money.cached_amount reads it."""
+
+    input_per_million: Decimal
+    cached_input_per_million: Decimal | None
+
+    @property
+    def cached_price(self) -> Decimal:
+        if self.cached_input_per_million is None:
+            return self.input_per_million
+        return self.cached_input_per_million
+
+
 def _usage_chunks(rows) -> Iterator[bytes]:
     yield _csv_line(USAGE_COLUMNS)
     out = io.StringIO()
     writer = _SafeWriter(out)
     for row in rows.iterator(chunk_size=USAGE_CHUNK_ROWS):
-        request_id, at, model, prefix, prompt, completion, status, counted, amount, currency = row
+        (request_id, at, model, prefix, prompt, completion, status, counted, amount, currency,
+         cached, input_price, cached_price) = row  # fmt: skip
         source = "counted" if counted else "reported"
+        price = _RowPrice(input_price, cached_price) if input_price is not None else None
         writer.writerow([request_id, _iso(at), model, prefix, prompt, completion, status, source,
-                         amount, currency])  # fmt: skip
+                         amount, currency, cached,
+                         money.cached_amount(cached, price)])  # fmt: skip
         if out.tell() >= _FLUSH_BYTES:
             yield out.getvalue().encode()
             out.seek(0)

@@ -46,7 +46,8 @@ GROUP = "ledger"
 LAST_DRAIN = "{usage:events}:last-drain"
 # Fields compared when a request id comes twice: the same payload is a duplicate delivery,
 # a different one is refused.
-_COMPARED = ("tenant_id", "model_id", "prompt_tokens", "completion_tokens", "status")
+_COMPARED = ("tenant_id", "model_id", "prompt_tokens", "completion_tokens", "status",
+             "cached_tokens")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class StoreResult:
 # A ledger row's values, in this order, on both insert paths.
 _COLUMNS = ("request_id", "tenant_id", "api_key_prefix", "model_id", "prompt_tokens",
             "completion_tokens", "occurred_at", "recorded_at", "latency_ms", "status", "counted",
-            "price_id", "amount", "currency")  # fmt: skip
+            "price_id", "amount", "currency", "cached_tokens")  # fmt: skip
 _STAGING = "billing_ledger_batch"  # PostgreSQL: this session's temporary table for COPY
 
 
@@ -88,11 +89,13 @@ class _Pricer:
             self._prices[key] = self.book.price_for(tenant_id, model_id, self.moment(timestamp))
         return self._prices[key]
 
-    def amount(self, price, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        key = (price.pk if price else None, prompt_tokens, completion_tokens)
+    def amount(self, price, prompt_tokens: int, completion_tokens: int, cached: int) -> Decimal:
+        key = (price.pk if price else None, prompt_tokens, completion_tokens, cached)
         found = self._amounts.get(key)
         if found is None:
-            found = self._amounts[key] = money.usage_amount(prompt_tokens, completion_tokens, price)
+            found = self._amounts[key] = money.usage_amount(
+                prompt_tokens, completion_tokens, price, cached
+            )
         return found
 
 
@@ -107,8 +110,8 @@ def _rows(events, pricer: _Pricer) -> list[tuple]:
         rows.append((e.request_id, tenant_id, e.api_key_prefix, e.model, e.prompt_tokens,
                      e.completion_tokens, pricer.moment(e.timestamp), recorded_at, e.latency_ms,
                      e.status, e.usage_source == "counted", price.pk if price else None,
-                     pricer.amount(price, e.prompt_tokens, e.completion_tokens),
-                     price.currency if price else currency))  # fmt: skip
+                     pricer.amount(price, e.prompt_tokens, e.completion_tokens, e.cached_tokens),
+                     price.currency if price else currency, e.cached_tokens))  # fmt: skip
     return rows
 
 
@@ -133,7 +136,7 @@ def _insert_new(rows: list[tuple]) -> set[str]:
     table = quote(UsageRecord._meta.db_table)
     columns = ", ".join(quote(c) for c in _COLUMNS)
     daily = quote(DailyUsage._meta.db_table)
-    counts = ("requests", "prompt_tokens", "completion_tokens", "amount")
+    counts = ("requests", "prompt_tokens", "completion_tokens", "amount", "cached_tokens")
     updates = ", ".join(f"{quote(c)} = {daily}.{quote(c)} + EXCLUDED.{quote(c)}" for c in counts)
     with connection.cursor() as cursor:
         _copy_to_staging(cursor, table, columns, rows)
@@ -144,11 +147,12 @@ def _insert_new(rows: list[tuple]) -> set[str]:
             f"inserted AS (INSERT INTO {table} ({columns}) SELECT {columns} FROM batch "
             "ORDER BY request_id ON CONFLICT (request_id) DO NOTHING "
             "RETURNING request_id, tenant_id, model_id, occurred_at, prompt_tokens, "
-            "completion_tokens, amount), "
+            "completion_tokens, amount, cached_tokens), "
             f"rollup AS (INSERT INTO {daily} (tenant_id, model_id, day, "
             f"{', '.join(quote(c) for c in counts)}) "
             "SELECT tenant_id, model_id, (occurred_at AT TIME ZONE 'UTC')::date, count(*), "
-            "sum(prompt_tokens), sum(completion_tokens), sum(amount) FROM inserted "
+            "sum(prompt_tokens), sum(completion_tokens), sum(amount), sum(cached_tokens) "
+            "FROM inserted "
             "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 "
             f"ON CONFLICT (tenant_id, model_id, day) DO UPDATE SET {updates}) "
             "SELECT request_id FROM inserted"
@@ -190,26 +194,27 @@ def _rollup(rows: list[tuple]) -> None:
     costs the same however large the day already is. Keys in order."""
     sums: dict[tuple[int, str, object], list] = {}
     for r in rows:
-        total = sums.setdefault((r[1], r[3], r[6].date()), [0, 0, 0, 0])
+        total = sums.setdefault((r[1], r[3], r[6].date()), [0, 0, 0, 0, 0])
         total[0] += 1
         total[1] += r[4]
         total[2] += r[5]
         total[3] += r[12]
+        total[4] += r[14]
     if not sums:
         return
     quote = connection.ops.quote_name
     table = quote(DailyUsage._meta.db_table)
-    counts = ("requests", "prompt_tokens", "completion_tokens", "amount")
+    counts = ("requests", "prompt_tokens", "completion_tokens", "amount", "cached_tokens")
     amount = DailyUsage._meta.get_field("amount")
     params = []
-    for (tenant_id, model_id, day), (n, prompt, completion, total) in sorted(sums.items()):
+    for (tenant_id, model_id, day), (n, prompt, completion, total, cached) in sorted(sums.items()):
         params += [tenant_id, model_id, day, n, prompt, completion,
-                   amount.get_db_prep_save(total, connection)]  # fmt: skip
+                   amount.get_db_prep_save(total, connection), cached]  # fmt: skip
     columns = ", ".join(quote(c) for c in ("tenant_id", "model_id", "day", *counts))
     updates = ", ".join(f"{quote(c)} = {table}.{quote(c)} + EXCLUDED.{quote(c)}" for c in counts)
     sql = (  # names from the model's metadata, every value a parameter
         f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608 # nosec B608: names quoted
-        + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(sums))
+        + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(sums))
         + f" ON CONFLICT (tenant_id, model_id, day) DO UPDATE SET {updates}"  # nosec B608
     )
     with connection.cursor() as cursor:
@@ -230,9 +235,9 @@ def _not_stored(events: list[UsageEvent]) -> tuple[set[str], int]:
     duplicates, conflicts = set(), 0
     for e in events:
         row = stored[e.request_id]
-        if (int(e.tenant_id), e.model, e.prompt_tokens, e.completion_tokens, e.status) == tuple(
-            row[field] for field in _COMPARED
-        ):
+        given = (int(e.tenant_id), e.model, e.prompt_tokens, e.completion_tokens, e.status,
+                 e.cached_tokens)  # fmt: skip
+        if given == tuple(row[field] for field in _COMPARED):
             duplicates.add(e.request_id)
         else:
             conflicts += 1

@@ -42,6 +42,9 @@ class UsageEvent:
     # "reported": the engine's own usage; "counted": the gateway counted the tokens itself.
     usage_source: str = "reported"
     endpoint: str = ""
+    # Of the prompt tokens, those the engine served from its prompt cache (its
+    # usage.prompt_tokens_details.cached_tokens), priced at the cached input price.
+    cached_tokens: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
