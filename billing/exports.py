@@ -404,7 +404,7 @@ def _usage_chunks(rows) -> Iterator[bytes]:
         price = _RowPrice(input_price, cached_price) if input_price is not None else None
         writer.writerow([request_id, _iso(at), model, prefix, prompt, completion, status, source,
                          amount, currency, cached,
-                         money.cached_amount(cached, price)])  # fmt: skip
+                         f"{money.cached_amount(cached, price):f}"])  # fmt: skip
         if out.tell() >= _FLUSH_BYTES:
             yield out.getvalue().encode()
             out.seek(0)

@@ -143,9 +143,9 @@ def test_invoices_close_due_waits_for_the_grace_period(acme, globex, prices, set
     settings.INVOICE_GRACE_DAYS = 3
     store(event(acme, at=at(OCT)))
 
-    assert invoices.invoices_close_due(now=datetime(2026, 11, 2, tzinfo=UTC)) == []
-    closed = invoices.invoices_close_due(now=datetime(2026, 11, 4, tzinfo=UTC))
+    assert invoices.invoices_close_due(now=datetime(2026, 11, 2, tzinfo=UTC)) is None
+    closed = invoices.invoices_close_due(now=datetime(2026, 11, 4, tzinfo=UTC)).finalized
 
     assert sorted(i.tenant.slug for i in closed) == ["acme", "globex"]
     assert {i.period for i in closed} == {OCT}
-    assert invoices.invoices_close_due(now=datetime(2026, 11, 5, tzinfo=UTC)) == []
+    assert invoices.invoices_close_due(now=datetime(2026, 11, 5, tzinfo=UTC)).finalized == []
