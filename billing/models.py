@@ -68,7 +68,8 @@ class UsageRecord(models.Model):
     prompt_tokens = models.PositiveIntegerField()
     completion_tokens = models.PositiveIntegerField()
     # Of the prompt tokens, those the engine served from its prompt cache (priced apart).
-    cached_tokens = models.PositiveIntegerField(default=0)
+    # db_default: rows inserted by raw SQL that predates the column (bench/ledger.py) get 0 too.
+    cached_tokens = models.PositiveIntegerField(db_default=0)
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField(default=timezone.now)
     latency_ms = models.PositiveIntegerField()
@@ -102,7 +103,7 @@ class DailyUsage(models.Model):
     requests = models.PositiveIntegerField()
     prompt_tokens = models.PositiveBigIntegerField()
     completion_tokens = models.PositiveBigIntegerField()
-    cached_tokens = models.PositiveBigIntegerField(default=0)
+    cached_tokens = models.PositiveBigIntegerField(db_default=0)
     amount = models.DecimalField(max_digits=24, decimal_places=12)
 
     class Meta:
