@@ -5,7 +5,7 @@ framework) doing per POST /v1/chat/completions what the gateway's hot path canno
 2. one Redis round trip to admit: the gateway's own ADMIT script (concurrency lease, tokens
    reserved in the per-minute window, the budget key read);
 3. the body forwarded to the engine through one pooled aiohttp session per process;
-4. one Redis round trip to finish: a non-transactional pipeline of the RELEASE script
+4. one Redis round trip to finish: a non-transactional pipeline of the SETTLE script
    (reservation reconciled to the engine's usage) and an XADD of the usage event, shaped as the
    gateway's, to the stream the ledger worker drains;
 5. the engine's JSON returned as it came.
@@ -31,7 +31,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from gateway.admission_lua import ADMIT, RELEASE
+from gateway.admission_lua import ADMIT, SETTLE
 
 KEY_DIGEST = hashlib.sha256(os.environ["ANCHOR_API_KEY"].encode()).digest()
 UPSTREAM = os.environ["ANCHOR_UPSTREAM"].rstrip("/") + "/chat/completions"
@@ -41,7 +41,8 @@ KEY_PREFIX = os.environ.get("ANCHOR_KEY_PREFIX", "")
 STREAM = os.environ.get("ANCHOR_STREAM", "usage:events")
 TAG = f"adm:{{{TENANT}}}"
 LEASE_MS, MAX_CONCURRENT, TOKENS_PER_MINUTE, NO_LIMIT = 15_000, 10**6, 10**15, 0
-SHAS = {script: hashlib.sha1(script.encode()).hexdigest() for script in (ADMIT, RELEASE)}  # noqa: S324 - Redis names scripts by SHA-1
+SPEND_TTL_SECONDS = 40 * 24 * 3600
+SHAS = {script: hashlib.sha1(script.encode()).hexdigest() for script in (ADMIT, SETTLE)}  # noqa: S324 - Redis names scripts by SHA-1
 JSON = [(b"content-type", b"application/json")]
 UPSTREAM_HEADERS = {"content-type": "application/json"}
 
@@ -75,7 +76,8 @@ def _error(message: str, code: str) -> bytes:
 
 
 async def _admit(client: aioredis.Redis, keys: list[str], lease: str, tokens: int) -> int:
-    args = [lease, LEASE_MS, MAX_CONCURRENT, TOKENS_PER_MINUTE, NO_LIMIT, tokens, -1]
+    # No cost held (0), not prepaid; then the tenant's limits, without a budget (-1).
+    args = [lease, LEASE_MS, tokens, 0, 0, MAX_CONCURRENT, TOKENS_PER_MINUTE, NO_LIMIT, -1]
     try:
         result = await client.evalsha(SHAS[ADMIT], len(keys), *keys, *args)
     except NoScriptError:  # a Redis that restarted or flushed its scripts
@@ -87,11 +89,12 @@ async def _admit(client: aioredis.Redis, keys: list[str], lease: str, tokens: in
 
 async def _finish(client, keys: list[str], lease: str, reserved: int, actual: int, event) -> None:
     pipe = client.pipeline(transaction=False)
-    pipe.evalsha(SHAS[RELEASE], len(keys), *keys, lease, reserved, actual)
+    settle = [lease, reserved, actual, 0, 0, SPEND_TTL_SECONDS]  # no cost, not prepaid
+    pipe.evalsha(SHAS[SETTLE], len(keys), *keys, *settle)
     pipe.xadd(STREAM, {"event": orjson.dumps(event)})
     released, _added = await pipe.execute(raise_on_error=False)
     if isinstance(released, NoScriptError):
-        await client.eval(RELEASE, len(keys), *keys, lease, reserved, actual)
+        await client.eval(SETTLE, len(keys), *keys, *settle)
 
 
 async def app(scope, receive, send):
@@ -112,8 +115,9 @@ async def app(scope, receive, send):
         return await _reply(send, 401, _error("Invalid API key.", "invalid_api_key"))
     request = orjson.loads(body)
     redis, http = _Process.clients()
-    keys = [f"{TAG}:leases", f"{TAG}:tok", f"{TAG}:amt", f"{TAG}:sum", f"{TAG}:req",
-            f"{TAG}:spend:{time.strftime('%Y-%m', time.gmtime())}"]  # fmt: skip
+    keys = [f"{TAG}:{name}" for name in ("leases", "tok", "amt", "sum", "req", "holds", "held")]
+    keys += [f"{TAG}:spend:{time.strftime('%Y-%m', time.gmtime())}", f"{TAG}:credit:granted",
+             f"{TAG}:credit:used"]  # fmt: skip
     lease, started = uuid.uuid4().hex, time.time()
     reserved = len(body) // 4 + int(request.get("max_tokens") or 1024)
     if await _admit(redis, keys, lease, reserved) != 1:

@@ -118,7 +118,8 @@ def _invoice_close(period: date) -> dict:
     resting = _rss_kib()
     now = datetime(period.year + period.month // 12, period.month % 12 + 1, 1, tzinfo=UTC)
     started = time.perf_counter()
-    closed = invoices_close_due(now=now + timedelta(days=settings.INVOICE_GRACE_DAYS, hours=1))
+    result = invoices_close_due(now=now + timedelta(days=settings.INVOICE_GRACE_DAYS, hours=1))
+    closed = result.finalized if result else []
     elapsed = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {"invoices": len(closed), "close_seconds": elapsed, "resting_mib": resting / 1024,

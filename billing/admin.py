@@ -7,7 +7,9 @@ show their usage and spend, so their admin is billing's too (billing.admin_tenan
 from datetime import date
 from decimal import Decimal, InvalidOperation
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import DecimalField, OuterRef, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
@@ -24,21 +26,21 @@ from billing.downloads import invoice_download
 from billing.invoices import (
     InvoiceError,
     credit_note_issue,
-    invoice_close,
     invoice_for,
-    month_start,
-    next_month,
-    parse_period,
+    invoices_close_month,
 )
 from billing.models import (
     CreditEntry,
     CreditNote,
     DailyUsage,
     Invoice,
+    InvoiceCloseFailure,
     InvoiceLine,
     Price,
     UsageRecord,
 )
+from billing.pricing import price_set, validate_price
+from saas_platform import periods
 from tenants.models import Tenant
 
 admin.site.register(Tenant, TenantAdmin)
@@ -61,10 +63,41 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class PriceForm(forms.ModelForm):
+    """Checked by `validate_price`, as `manage.py price set` is: same rules, same messages."""
+
+    # Longer than the column, so that "dollars" gets validate_price's message, not a length's.
+    currency = forms.CharField(
+        max_length=16, required=False, help_text="ISO code, e.g. USD (empty: BILLING_CURRENCY)."
+    )
+
+    class Meta:
+        model = Price
+        fields = ["model_id", "tenant", "currency", "input_per_million",
+                  "cached_input_per_million", "output_per_million", "effective_from"]  # fmt: skip
+
+    def clean(self):
+        data = super().clean()
+        try:
+            data["currency"] = validate_price(
+                input_per_million=data.get("input_per_million"),
+                output_per_million=data.get("output_per_million"),
+                cached_input_per_million=data.get("cached_input_per_million"),
+                currency=data.get("currency"),
+                effective_from=data.get("effective_from"),
+            )
+        except ValidationError as error:
+            for field, messages_ in error.message_dict.items():
+                if field not in self.errors:  # a field's own error (e.g. "Enter a number") first
+                    self.add_error(field, messages_)
+        return data
+
+
 @admin.register(Price)
 class PriceAdmin(admin.ModelAdmin):
-    list_display = ["model_id", "tenant", "input_per_million", "output_per_million", "currency",
-                    "effective_from"]  # fmt: skip
+    form = PriceForm
+    list_display = ["model_id", "tenant", "input_per_million", "cached_input_per_million",
+                    "output_per_million", "currency", "effective_from"]  # fmt: skip
     list_select_related = ["tenant"]
     list_filter = ["currency", "tenant"]
     search_fields = ["model_id", "tenant__slug"]
@@ -72,6 +105,19 @@ class PriceAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return obj is None  # prices are added, never edited
+
+    def save_model(self, request, obj, form, change):
+        # Through the service the CLI uses: one path for every price that is added.
+        saved = price_set(
+            model_id=obj.model_id,
+            input_per_million=obj.input_per_million,
+            output_per_million=obj.output_per_million,
+            cached_input_per_million=obj.cached_input_per_million,
+            currency=obj.currency,
+            tenant=obj.tenant,
+            effective_from=obj.effective_from,
+        )
+        obj.pk = saved.pk
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -143,7 +189,7 @@ def with_period_amount(tenants, period: date):
     estimate of the draft: the invoice rounds per line and adds late usage)."""
     field = DecimalField(max_digits=24, decimal_places=12)
     month = DailyUsage.objects.filter(tenant=OuterRef("pk"), day__gte=period,
-                                      day__lt=next_month(period))  # fmt: skip
+                                      day__lt=periods.next_month(period))  # fmt: skip
     total = month.order_by().values("tenant").annotate(total=Sum("amount")).values("total")
     amount = Coalesce(Subquery(total, output_field=field), Value(Decimal(0)), output_field=field)
     return tenants.annotate(period_amount=amount)
@@ -202,7 +248,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
         if fmt not in exports.FORMATS:
             raise Http404("unknown format")
         try:
-            month = parse_period(period)
+            month = periods.parse_period(period)
         except ValueError:
             raise Http404("bad period") from None
         return invoice_download(invoice_for(get_object_or_404(Tenant, pk=tenant_id), month), fmt)
@@ -214,9 +260,9 @@ class InvoiceAdmin(ReadOnlyAdmin):
         Close the month for every tenant not closed yet."""
         if not self.has_view_permission(request):
             return HttpResponseRedirect(reverse("admin:index"))
-        last_month = date.fromordinal(month_start().toordinal() - 1).replace(day=1)
+        last_month = periods.last_month()
         try:
-            period = parse_period(request.POST.get("period") or request.GET.get("period")
+            period = periods.parse_period(request.POST.get("period") or request.GET.get("period")
                                   or f"{last_month:%Y-%m}")  # fmt: skip
         except ValueError as error:
             messages.error(request, str(error))
@@ -228,9 +274,10 @@ class InvoiceAdmin(ReadOnlyAdmin):
             url = reverse("admin:billing_invoice_close")
             return HttpResponseRedirect(f"{url}?period={period:%Y-%m}")
         closed = dict(Invoice.objects.filter(period=period).values_list("tenant_id", "number"))
+        failures = {f.tenant_id: f for f in InvoiceCloseFailure.objects.filter(period=period)}
         rows = [
             {"tenant": tenant, "number": closed.get(tenant.pk),
-             "links": export_links(tenant.pk, period)}
+             "failure": failures.get(tenant.pk), "links": export_links(tenant.pk, period)}
             for tenant in with_period_amount(Tenant.objects.order_by("slug"), period)
         ]  # fmt: skip
         context = {
@@ -245,20 +292,19 @@ class InvoiceAdmin(ReadOnlyAdmin):
         return TemplateResponse(request, "admin/billing/invoice/close.html", context)
 
     def _close(self, request, period: date, tenant_id: str | None) -> None:
-        tenants = Tenant.objects.exclude(invoices__period=period).order_by("slug")
-        if tenant_id:
-            tenants = tenants.filter(pk=tenant_id)
-        numbers = []
-        for tenant in tenants:
-            try:
-                numbers.append(invoice_close(tenant=tenant, period=period).number)
-            except InvoiceError as error:
-                messages.error(request, f"{tenant.slug}: {error.message}")
-                return
+        chosen = Tenant.objects.filter(pk=tenant_id) if tenant_id else None
+        try:
+            result = invoices_close_month(period=period, tenants=chosen)
+        except InvoiceError as error:
+            messages.error(request, error.message)
+            return
+        for failure in result.failures:
+            messages.error(request, f"{failure.tenant.slug} not closed: {failure.message}")
+        numbers = [invoice.number for invoice in result.finalized]
         if numbers:
             messages.success(request, f"Finalized {len(numbers)} invoice(s) for {period:%Y-%m}: "
                                       f"{', '.join(numbers)}.")  # fmt: skip
-        else:
+        elif not result.failures:
             messages.info(request, f"Nothing left to close for {period:%Y-%m}.")
 
     # --- credit notes ---------------------------------------------------------------------

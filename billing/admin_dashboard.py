@@ -13,8 +13,9 @@ from django.conf import settings
 from django.template.response import TemplateResponse
 
 from billing.ledger_lag import LedgerLag, ledger_lag_check
-from billing.selectors import last_days, tokens_by_model, tokens_by_tenant, top_tenants
+from billing.selectors import tokens_by_model, tokens_by_tenant, top_tenants
 from saas_platform.charts import daily_chart, ranking_chart
+from saas_platform.periods import last_days
 from tenants.refusals import refusals_per_day
 
 logger = logging.getLogger(__name__)

@@ -13,9 +13,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from billing import credits
-from billing.selectors import last_days, tokens_by_model, with_month_usage
+from billing.selectors import tokens_by_model, with_month_usage
 from saas_platform.charts import daily_chart
 from saas_platform.errors import PlatformError
+from saas_platform.periods import last_days
 from tenants import services
 from tenants.admin import ApiKeyInline, MembershipInline, badge
 from tenants.models import Membership, Tenant

@@ -20,9 +20,10 @@ from rest_framework.views import APIView
 
 from billing import exports
 from billing.downloads import invoice_download, usage_download
-from billing.invoices import invoice_for, month_start, next_month, parse_period
+from billing.invoices import invoice_for
 from billing.models import Invoice
 from saas_platform.errors import PlatformError
+from saas_platform.periods import month_range, month_start, next_month, parse_period
 from tenants.api_auth import (
     ApiKeyAuthentication,
     HasTenantKey,
@@ -75,10 +76,6 @@ class TenantApiView(APIView):
                 f"unknown query parameter {unknown[0]!r}; this endpoint takes: {known}",
                 param=unknown[0],
             )
-
-
-def _day_start(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
 class InvoiceListApi(TenantApiView):
@@ -154,8 +151,7 @@ def _parse_moment(name: str, value: str) -> datetime:
 
 def _usage_range(query) -> tuple[datetime, datetime]:
     if "start" not in query and "end" not in query:
-        this_month = month_start()
-        return _day_start(this_month), _day_start(next_month(this_month))
+        return month_range(month_start())
     for name in ("start", "end"):
         if name not in query:
             raise InvalidDateRange(f"{name} is required when the other bound is given", param=name)

@@ -12,13 +12,16 @@ the end):
     tenant                    the tenant's slug
     period                    the invoiced month, YYYY-MM
     currency                  ISO 4217 code of every amount and price in the file
-    line_kind                 usage (the month's own requests) | adjustment (late usage from
-                              earlier months, stored after their invoice was finalized)
+    line_kind                 usage (the month's own requests) | cached (their input tokens
+                              the engine served from its prompt cache) | adjustment (late
+                              usage from earlier months, stored after their invoice was
+                              finalized) | late_cached (the cached input of that late usage)
     model                     the public model id
-    requests                  number of requests
-    input_tokens              prompt tokens
+    requests                  number of requests (0 on a cached line: counted on its usage line)
+    input_tokens              prompt tokens (on a usage line, those not served from the cache)
     output_tokens             completion tokens
-    input_price_per_million   price of a million input tokens (0 for an unpriced model)
+    input_price_per_million   price of a million input tokens (0 for an unpriced model; on a
+                              cached line, the cached input price)
     output_price_per_million  price of a million output tokens
     amount                    the line's amount, rounded once to the currency's minor unit
     credits_applied           the invoice's prepaid credits drawn down by its usage (the same
@@ -43,14 +46,17 @@ Usage CSV (`usage_csv_rows`): the same dialect, one row per ledger row (per requ
     usage_source       reported (by the engine) | counted (by the gateway itself)
     amount             the request's exact cost (12 decimal places; not rounded)
     currency           ISO 4217 code of amount
+    cached_tokens      of the prompt tokens, those served from the engine's prompt cache
+    cached_amount      their cost at the cached input price (part of amount)
 """
 
 import csv
 import io
 import json
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import NamedTuple
 from xml.sax.saxutils import escape
 
 from django.conf import settings
@@ -62,8 +68,10 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from billing import money
 from billing.invoices import InvoiceData
 from billing.models import Invoice, UsageRecord
+from saas_platform import periods
 
 INVOICE_COLUMNS = (
     "invoice_number", "status", "tenant", "period", "currency", "line_kind", "model",
@@ -72,12 +80,14 @@ INVOICE_COLUMNS = (
 )  # fmt: skip
 USAGE_COLUMNS = (
     "request_id", "occurred_at", "model", "api_key_prefix", "prompt_tokens",
-    "completion_tokens", "status", "usage_source", "amount", "currency",
+    "completion_tokens", "status", "usage_source", "amount", "currency", "cached_tokens",
+    "cached_amount",
 )  # fmt: skip
-# The ledger's fields for those columns, in the same order.
+# The ledger's fields for those columns, in the same order (the cached amount from the price).
 _USAGE_FIELDS = (
     "request_id", "occurred_at", "model_id", "api_key_prefix", "prompt_tokens",
-    "completion_tokens", "status", "counted", "amount", "currency",
+    "completion_tokens", "status", "counted", "amount", "currency", "cached_tokens",
+    "price__input_per_million", "price__cached_input_per_million",
 )  # fmt: skip
 FORMATS = ("csv", "json", "pdf")
 CONTENT_TYPES = {
@@ -206,7 +216,8 @@ _ISSUER = ParagraphStyle("issuer", parent=_BODY, fontName="Helvetica-Bold", font
 _TOTAL = ParagraphStyle("total", parent=_BODY, fontName="Helvetica-Bold", fontSize=12,
                         alignment=TA_RIGHT, spaceBefore=6)  # fmt: skip
 _DRAFT_TITLE = ParagraphStyle("draft", parent=_TITLE, textColor=colors.HexColor("#b00020"))
-_KIND_LABELS = {"usage": "Usage", "adjustment": "Late usage"}
+_KIND_LABELS = {"usage": "Usage", "cached": "Cached input", "adjustment": "Late usage",
+                "late_cached": "Late cached input"}  # fmt: skip
 
 
 def _para(text: str, style: ParagraphStyle = _BODY) -> Paragraph:
@@ -242,7 +253,7 @@ def _details(data: InvoiceData) -> list:
         number, issued = "none (draft)", f"not issued (draft as of {timezone.now():%Y-%m-%d})"
     else:
         number, issued = data.number, f"{data.finalized_at.astimezone(UTC):%Y-%m-%d}"
-    last_day = date.fromordinal(data.period_end.toordinal() - 1)
+    last_day = periods.month_last_day(data.period)
     rows = [
         ("Bill to", f"{data.tenant.name} ({data.tenant.slug})"),
         ("Invoice number", number),
@@ -386,15 +397,31 @@ def usage_csv_rows(
     return _usage_chunks(rows)
 
 
+class _RowPrice(NamedTuple):
+    """A ledger row's price as money.cached_amount reads it."""
+
+    input_per_million: Decimal
+    cached_input_per_million: Decimal | None
+
+    @property
+    def cached_price(self) -> Decimal:
+        if self.cached_input_per_million is None:
+            return self.input_per_million
+        return self.cached_input_per_million
+
+
 def _usage_chunks(rows) -> Iterator[bytes]:
     yield _csv_line(USAGE_COLUMNS)
     out = io.StringIO()
     writer = _SafeWriter(out)
     for row in rows.iterator(chunk_size=USAGE_CHUNK_ROWS):
-        request_id, at, model, prefix, prompt, completion, status, counted, amount, currency = row
+        (request_id, at, model, prefix, prompt, completion, status, counted, amount, currency,
+         cached, input_price, cached_price) = row  # fmt: skip
         source = "counted" if counted else "reported"
+        price = _RowPrice(input_price, cached_price) if input_price is not None else None
         writer.writerow([request_id, _iso(at), model, prefix, prompt, completion, status, source,
-                         amount, currency])  # fmt: skip
+                         amount, currency, cached,
+                         f"{money.cached_amount(cached, price):f}"])  # fmt: skip
         if out.tell() >= _FLUSH_BYTES:
             yield out.getvalue().encode()
             out.seek(0)

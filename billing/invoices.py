@@ -7,23 +7,34 @@ the tenant's previous invoice was finalized. So a late event lands on the next i
 every row is invoiced exactly once as long as each month is closed in order.
 """
 
-import calendar
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Max, Sum
+from django.db.models import Count, F, Max, Sum
 from django.urls import reverse
 from django.utils import timezone
 
 from billing import credits, money
-from billing.models import CreditNote, Invoice, InvoiceCounter, InvoiceLine, Price, UsageRecord
+from billing.models import (
+    CreditNote,
+    Invoice,
+    InvoiceCloseFailure,
+    InvoiceCounter,
+    InvoiceLine,
+    Price,
+    UsageRecord,
+)
 from billing.webhooks import webhook_event_emit
 from saas_platform.errors import PlatformError
+from saas_platform.periods import month_range, month_start, next_month, previous_month
 from saas_platform.site import absolute_url
 from tenants.models import Tenant
+
+logger = logging.getLogger(__name__)
 
 
 class InvoiceError(PlatformError):
@@ -79,64 +90,66 @@ class InvoiceData:
         return sum(line.output_tokens for line in self.lines)
 
 
-def parse_period(value: str) -> date:
-    """`YYYY-MM` to the month's first day; ValueError with a clear message otherwise."""
-    try:
-        year, month = (int(part) for part in value.split("-"))
-        return date(year, month, 1)
-    except (ValueError, TypeError):
-        raise ValueError(f"period must be YYYY-MM, got {value!r}") from None
-
-
-def month_start(moment: datetime | None = None) -> date:
-    """The first day of the month of `moment` (default now), in UTC."""
-    moment = (moment or timezone.now()).astimezone(UTC)
-    return date(moment.year, moment.month, 1)
-
-
-def next_month(period: date) -> date:
-    days = calendar.monthrange(period.year, period.month)[1]
-    return date.fromordinal(period.toordinal() + days)
-
-
-def _start(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
 def _lines(tenant, period: date, after_id: int, through_id: int) -> tuple[list[Line], str]:
-    start, end = _start(period), _start(next_month(period))
+    start, end = month_range(period)
     tenant_rows = UsageRecord.objects.filter(tenant=tenant, id__lte=through_id)
     groups = [
-        (InvoiceLine.Kind.USAGE, tenant_rows.filter(occurred_at__gte=start, occurred_at__lt=end)),
-        (InvoiceLine.Kind.ADJUSTMENT, tenant_rows.filter(occurred_at__lt=start, id__gt=after_id)),
-    ]
+        (InvoiceLine.Kind.USAGE, InvoiceLine.Kind.CACHED,
+         tenant_rows.filter(occurred_at__gte=start, occurred_at__lt=end)),
+        (InvoiceLine.Kind.ADJUSTMENT, InvoiceLine.Kind.LATE_CACHED,
+         tenant_rows.filter(occurred_at__lt=start, id__gt=after_id)),
+    ]  # fmt: skip
     lines, currencies = [], set()
-    for kind, rows in groups:
+    for kind, cached_kind, rows in groups:
         sums = (
             rows.values("model_id", "price_id", "currency")
             .annotate(n=Count("id"), inp=Sum("prompt_tokens"), out=Sum("completion_tokens"),
-                      total=Sum("amount"))
+                      cached=Sum("cached_tokens"), total=Sum("amount"))
             .order_by("model_id", "price_id")
         )  # fmt: skip
         prices = Price.objects.in_bulk({row["price_id"] for row in sums} - {None})
         for row in sums:
             price = prices.get(row["price_id"])
             currencies.add(row["currency"])
-            lines.append(
-                Line(
-                    kind=kind,
-                    model_id=row["model_id"],
-                    requests=row["n"],
-                    input_tokens=row["inp"],
-                    output_tokens=row["out"],
-                    input_per_million=price.input_per_million if price else Decimal(0),
-                    output_per_million=price.output_per_million if price else Decimal(0),
-                    amount=money.round_line(row["total"], row["currency"]),
-                )
-            )
+            lines.extend(_priced_lines(kind, cached_kind, row, price))
     if len(currencies) > 1:
         raise InvoiceError(f"usage is priced in several currencies: {sorted(currencies)}")
     return lines, (currencies.pop() if currencies else settings.BILLING_CURRENCY)
+
+
+def _priced_lines(kind: str, cached_kind: str, row: dict, price) -> list[Line]:
+    """A group's usage line and, when the engine served some input from its prompt cache, a
+    cached input line priced at the cached price: the usage line has the rest of the input
+    tokens and the rest of the exact amount, so the two add up to what the ledger holds."""
+    cached = row["cached"] or 0
+    cached_total = money.cached_amount(cached, price)
+    zero = Decimal(0)
+    lines = [
+        Line(
+            kind=kind,
+            model_id=row["model_id"],
+            requests=row["n"],
+            input_tokens=row["inp"] - cached,
+            output_tokens=row["out"],
+            input_per_million=price.input_per_million if price else zero,
+            output_per_million=price.output_per_million if price else zero,
+            amount=money.round_line(row["total"] - cached_total, row["currency"]),
+        )
+    ]
+    if cached:
+        lines.append(
+            Line(
+                kind=cached_kind,
+                model_id=row["model_id"],
+                requests=0,  # counted on the usage line
+                input_tokens=cached,
+                output_tokens=0,
+                input_per_million=price.cached_price if price else zero,
+                output_per_million=zero,
+                amount=money.round_line(cached_total, row["currency"]),
+            )
+        )
+    return lines
 
 
 def _previous_through(tenant, period: date) -> int:
@@ -225,6 +238,9 @@ def invoice_close(*, tenant, period: date) -> Invoice:
         finalized_at=now,
     )
     InvoiceLine.objects.bulk_create(InvoiceLine(invoice=invoice, **line.__dict__) for line in lines)
+    InvoiceCloseFailure.objects.filter(tenant=tenant, period=period).delete()
+    # The invoice is finalized here, once: what must follow it is sent from the closing
+    # transaction (the webhook event is delivered once it commits).
     _finalized_event(invoice)
     return invoice
 
@@ -238,18 +254,74 @@ def _finalized_event(invoice: Invoice) -> None:
     webhook_event_emit(tenant=invoice.tenant, event_type="invoice.finalized", data=data)
 
 
-def invoices_close_due(*, now: datetime | None = None) -> list[Invoice]:
+@dataclass(frozen=True)
+class CloseFailure:
+    tenant: Tenant
+    message: str
+
+
+@dataclass
+class CloseResult:
+    """What closing a month did: the invoices finalized now, those finalized before, and the
+    tenants that failed (recorded as InvoiceCloseFailure, retried by the next close)."""
+
+    period: date
+    finalized: list[Invoice] = field(default_factory=list)
+    already: list[Invoice] = field(default_factory=list)
+    failures: list[CloseFailure] = field(default_factory=list)
+
+
+def _record_failure(tenant, period: date, message: str) -> None:
+    now = timezone.now()
+    updated = InvoiceCloseFailure.objects.filter(tenant=tenant, period=period).update(
+        error=message[:500], attempts=F("attempts") + 1, last_failed_at=now
+    )
+    if not updated:
+        InvoiceCloseFailure.objects.create(tenant=tenant, period=period, error=message[:500],
+                                           first_failed_at=now, last_failed_at=now)  # fmt: skip
+
+
+def invoices_close_month(*, period: date, tenants=None) -> CloseResult:
+    """Close `period` for every tenant (or those given), each in its own transaction: a tenant
+    that fails (bad data, a later month closed) is logged and recorded, and the others close.
+    The one implementation behind beat (`invoices_close_due`), `manage.py invoices close` and
+    the admin's close page."""
+    if next_month(period) > timezone.now().date():
+        raise InvoiceError(f"{period:%Y-%m} has not ended yet")
+    result = CloseResult(period=period)
+    closed = dict(Invoice.objects.filter(period=period).values_list("tenant_id", "pk"))
+    chosen = Tenant.objects.order_by("slug")
+    if tenants is not None:
+        chosen = chosen.filter(pk__in=[tenant.pk for tenant in tenants])
+    for tenant in chosen:
+        if tenant.pk in closed:
+            result.already.append(Invoice.objects.get(pk=closed[tenant.pk]))
+            continue
+        try:
+            with transaction.atomic():  # a savepoint when the caller is in a transaction
+                result.finalized.append(invoice_close(tenant=tenant, period=period))
+        except Exception as error:  # no tenant's failure may stop the others
+            if isinstance(error, PlatformError):  # a refusal with its reason: no traceback
+                message = error.message
+                logger.error("closing %s for %s failed: %s", f"{period:%Y-%m}", tenant.slug,
+                             message)  # fmt: skip
+            else:
+                message = repr(error)
+                logger.exception("closing %s for %s failed", f"{period:%Y-%m}", tenant.slug)
+            _record_failure(tenant, period, message)
+            result.failures.append(CloseFailure(tenant=tenant, message=message))
+    return result
+
+
+def invoices_close_due(*, now: datetime | None = None) -> CloseResult | None:
     """Close last month for every tenant once the grace period for late events has passed
-    (INVOICE_GRACE_DAYS after the month's end). Celery beat runs this daily."""
+    (INVOICE_GRACE_DAYS after the month's end); None before then. Celery beat runs this
+    hourly, so a tenant that failed is tried again within the hour."""
     now = now or timezone.now()
-    this_month = date(now.year, now.month, 1)
-    last_month = date.fromordinal(this_month.toordinal() - 1).replace(day=1)
-    if (now.date() - this_month).days < settings.INVOICE_GRACE_DAYS:
-        return []
-    closed = []
-    for tenant in Tenant.objects.exclude(invoices__period=last_month):
-        closed.append(invoice_close(tenant=tenant, period=last_month))
-    return closed
+    this_month = month_start(now)
+    if (now.astimezone(UTC).date() - this_month).days < settings.INVOICE_GRACE_DAYS:
+        return None
+    return invoices_close_month(period=previous_month(this_month))
 
 
 @transaction.atomic

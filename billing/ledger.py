@@ -1,9 +1,11 @@
 """Storing usage events in the ledger, exactly once each, priced at their own time.
 
 Gateways publish events to a durable buffer, a Redis stream (`LedgerRecorder`); a Celery task
-drains it in batches (`ledger_drain`) through a consumer group. An entry is acknowledged only
-after its batch is committed, so a worker killed mid-batch leaves it pending, and another drain
-claims and stores it again: `request_id` makes that second write a no-op. Without Redis (the
+drains it in batches (`ledger_drain`) through a consumer group, and hands what it stored to the
+recorders fed after the ledger (the Kafka stream). An entry is acknowledged only after its batch
+is committed and those recorders took its event, so a worker killed mid-batch (or a broker
+down) leaves it pending, and a later drain stores it again: `request_id` makes that second
+write a no-op, and only what the recorders did not take is handed to them again. Without Redis (the
 embedded default) the recorder stores events directly.
 
 The stream is one key, so on a Redis Cluster it and its consumer group live on one slot (one
@@ -28,7 +30,7 @@ from django.utils import timezone
 from billing import alerts, credits, money
 from billing.models import DailyUsage, UsageRecord
 from billing.pricing import PriceBook
-from billing.usage import UsageEvent
+from billing.usage import UsageEvent, recorders_after_ledger
 from saas_platform import metrics
 from saas_platform.redis_clients import async_client, sync_client
 from saas_platform.threads import in_db_thread
@@ -42,7 +44,8 @@ GROUP = "ledger"
 LAST_DRAIN = "{usage:events}:last-drain"
 # Fields compared when a request id comes twice: the same payload is a duplicate delivery,
 # a different one is refused.
-_COMPARED = ("tenant_id", "model_id", "prompt_tokens", "completion_tokens", "status")
+_COMPARED = ("tenant_id", "model_id", "prompt_tokens", "completion_tokens", "status",
+             "cached_tokens")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,14 @@ class StoreResult:
     stored: int
     duplicates: int
     conflicts: int
+    # The request ids now in the ledger with the payload given: stored here or before.
+    kept: frozenset[str] = frozenset()
 
 
 # A ledger row's values, in this order, on both insert paths.
 _COLUMNS = ("request_id", "tenant_id", "api_key_prefix", "model_id", "prompt_tokens",
             "completion_tokens", "occurred_at", "recorded_at", "latency_ms", "status", "counted",
-            "price_id", "amount", "currency")  # fmt: skip
+            "price_id", "amount", "currency", "cached_tokens")  # fmt: skip
 _STAGING = "billing_ledger_batch"  # PostgreSQL: this session's temporary table for COPY
 
 
@@ -82,11 +87,13 @@ class _Pricer:
             self._prices[key] = self.book.price_for(tenant_id, model_id, self.moment(timestamp))
         return self._prices[key]
 
-    def amount(self, price, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        key = (price.pk if price else None, prompt_tokens, completion_tokens)
+    def amount(self, price, prompt_tokens: int, completion_tokens: int, cached: int) -> Decimal:
+        key = (price.pk if price else None, prompt_tokens, completion_tokens, cached)
         found = self._amounts.get(key)
         if found is None:
-            found = self._amounts[key] = money.usage_amount(prompt_tokens, completion_tokens, price)
+            found = self._amounts[key] = money.usage_amount(
+                prompt_tokens, completion_tokens, price, cached
+            )
         return found
 
 
@@ -101,8 +108,8 @@ def _rows(events, pricer: _Pricer) -> list[tuple]:
         rows.append((e.request_id, tenant_id, e.api_key_prefix, e.model, e.prompt_tokens,
                      e.completion_tokens, pricer.moment(e.timestamp), recorded_at, e.latency_ms,
                      e.status, e.usage_source == "counted", price.pk if price else None,
-                     pricer.amount(price, e.prompt_tokens, e.completion_tokens),
-                     price.currency if price else currency))  # fmt: skip
+                     pricer.amount(price, e.prompt_tokens, e.completion_tokens, e.cached_tokens),
+                     price.currency if price else currency, e.cached_tokens))  # fmt: skip
     return rows
 
 
@@ -127,7 +134,7 @@ def _insert_new(rows: list[tuple]) -> set[str]:
     table = quote(UsageRecord._meta.db_table)
     columns = ", ".join(quote(c) for c in _COLUMNS)
     daily = quote(DailyUsage._meta.db_table)
-    counts = ("requests", "prompt_tokens", "completion_tokens", "amount")
+    counts = ("requests", "prompt_tokens", "completion_tokens", "amount", "cached_tokens")
     updates = ", ".join(f"{quote(c)} = {daily}.{quote(c)} + EXCLUDED.{quote(c)}" for c in counts)
     with connection.cursor() as cursor:
         _copy_to_staging(cursor, table, columns, rows)
@@ -138,11 +145,12 @@ def _insert_new(rows: list[tuple]) -> set[str]:
             f"inserted AS (INSERT INTO {table} ({columns}) SELECT {columns} FROM batch "
             "ORDER BY request_id ON CONFLICT (request_id) DO NOTHING "
             "RETURNING request_id, tenant_id, model_id, occurred_at, prompt_tokens, "
-            "completion_tokens, amount), "
+            "completion_tokens, amount, cached_tokens), "
             f"rollup AS (INSERT INTO {daily} (tenant_id, model_id, day, "
             f"{', '.join(quote(c) for c in counts)}) "
             "SELECT tenant_id, model_id, (occurred_at AT TIME ZONE 'UTC')::date, count(*), "
-            "sum(prompt_tokens), sum(completion_tokens), sum(amount) FROM inserted "
+            "sum(prompt_tokens), sum(completion_tokens), sum(amount), sum(cached_tokens) "
+            "FROM inserted "
             "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 "
             f"ON CONFLICT (tenant_id, model_id, day) DO UPDATE SET {updates}) "
             "SELECT request_id FROM inserted"
@@ -184,50 +192,51 @@ def _rollup(rows: list[tuple]) -> None:
     costs the same however large the day already is. Keys in order."""
     sums: dict[tuple[int, str, object], list] = {}
     for r in rows:
-        total = sums.setdefault((r[1], r[3], r[6].date()), [0, 0, 0, 0])
+        total = sums.setdefault((r[1], r[3], r[6].date()), [0, 0, 0, 0, 0])
         total[0] += 1
         total[1] += r[4]
         total[2] += r[5]
         total[3] += r[12]
+        total[4] += r[14]
     if not sums:
         return
     quote = connection.ops.quote_name
     table = quote(DailyUsage._meta.db_table)
-    counts = ("requests", "prompt_tokens", "completion_tokens", "amount")
+    counts = ("requests", "prompt_tokens", "completion_tokens", "amount", "cached_tokens")
     amount = DailyUsage._meta.get_field("amount")
     params = []
-    for (tenant_id, model_id, day), (n, prompt, completion, total) in sorted(sums.items()):
+    for (tenant_id, model_id, day), (n, prompt, completion, total, cached) in sorted(sums.items()):
         params += [tenant_id, model_id, day, n, prompt, completion,
-                   amount.get_db_prep_save(total, connection)]  # fmt: skip
+                   amount.get_db_prep_save(total, connection), cached]  # fmt: skip
     columns = ", ".join(quote(c) for c in ("tenant_id", "model_id", "day", *counts))
     updates = ", ".join(f"{quote(c)} = {table}.{quote(c)} + EXCLUDED.{quote(c)}" for c in counts)
     sql = (  # names from the model's metadata, every value a parameter
         f"INSERT INTO {table} ({columns}) VALUES "  # noqa: S608 # nosec B608: names quoted
-        + ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(sums))
+        + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(sums))
         + f" ON CONFLICT (tenant_id, model_id, day) DO UPDATE SET {updates}"  # nosec B608
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
 
 
-def _not_stored(events: list[UsageEvent]) -> tuple[int, int]:
-    """Events whose request id was already stored: (duplicates, conflicts). A different payload
-    under a stored id is refused and logged."""
+def _not_stored(events: list[UsageEvent]) -> tuple[set[str], int]:
+    """Events whose request id was already stored: (the duplicates' ids, conflicts). A different
+    payload under a stored id is refused and logged."""
     if not events:
-        return 0, 0
+        return set(), 0
     stored = {
         row["request_id"]: row
         for row in UsageRecord.objects.filter(request_id__in=[e.request_id for e in events]).values(
             "request_id", *_COMPARED
         )
     }
-    duplicates = conflicts = 0
+    duplicates, conflicts = set(), 0
     for e in events:
         row = stored[e.request_id]
-        if (int(e.tenant_id), e.model, e.prompt_tokens, e.completion_tokens, e.status) == tuple(
-            row[field] for field in _COMPARED
-        ):
-            duplicates += 1
+        given = (int(e.tenant_id), e.model, e.prompt_tokens, e.completion_tokens, e.status,
+                 e.cached_tokens)  # fmt: skip
+        if given == tuple(row[field] for field in _COMPARED):
+            duplicates.add(e.request_id)
         else:
             conflicts += 1
             metrics.LEDGER_CONFLICTS.inc()
@@ -280,7 +289,8 @@ def ledger_store(events: list[UsageEvent]) -> StoreResult:
     alerts.alerts_check(
         (int(e.tenant_id), date(*time.gmtime(e.timestamp)[:2], 1)) for e in by_id.values()
     )
-    return StoreResult(stored=len(rows), duplicates=duplicates, conflicts=conflicts)
+    return StoreResult(stored=len(rows), duplicates=len(duplicates), conflicts=conflicts,
+                       kept=frozenset(inserted | duplicates))  # fmt: skip
 
 
 def _redis():
@@ -348,6 +358,28 @@ def _crash_if(point: str) -> None:
         os._exit(137)
 
 
+# The recorders fed after the ledger, made once per process for the USAGE_RECORDERS they are of.
+_after_ledger: tuple[tuple[str, ...], list] = ((), [])
+
+
+def _forward(events: list[UsageEvent]) -> set[str]:
+    """Hand stored events to the recorders fed after the ledger (USAGE_RECORDERS' Kafka);
+    return the request ids every one of them took (all, when there are none)."""
+    global _after_ledger
+    named = tuple(settings.USAGE_RECORDERS)
+    if _after_ledger[0] != named:
+        _after_ledger = (named, recorders_after_ledger())
+    taken = {e.request_id for e in events}
+    for recorder in _after_ledger[1]:
+        try:
+            taken &= recorder.record_many(events)
+        except Exception:  # any failure: the entries stay pending and are retried
+            metrics.USAGE_FORWARD_FAILURES.labels(recorder=type(recorder).__name__).inc(len(events))
+            logger.exception("usage recorder %s failed; retried", type(recorder).__name__)
+            return set()
+    return taken
+
+
 def ledger_drain(*, batch_size: int | None = None, max_batches: int = 100) -> int:
     """Move events from the stream into the ledger, a batch at a time, until it is empty (or
     `max_batches`). Entries another consumer took but never acknowledged (it died) are claimed
@@ -376,13 +408,25 @@ def ledger_drain(*, batch_size: int | None = None, max_batches: int = 100) -> in
                 entries.extend(items)
         if not entries:
             break
-        events = [_decode(fields[b"event"]) for _id, fields in entries if fields]
+        decoded = [(entry_id, _decode(fields[b"event"]) if fields else None)
+                   for entry_id, fields in entries]  # fmt: skip
+        events = [e for _id, e in decoded if e is not None]
         _crash_if("before_commit")
         result = ledger_store(events)
         _crash_if("after_commit")
-        ids = [entry_id for entry_id, _fields in entries]
-        client.xack(STREAM, GROUP, *ids)
-        client.xdel(STREAM, *ids)
+        taken = _forward([e for e in events if e.request_id in result.kept])
+        # An entry stays pending (read again first by the next drain, stored as a duplicate)
+        # until every recorder fed after the ledger has taken its event.
+        ids = [
+            entry_id
+            for entry_id, e in decoded
+            if e is None or e.request_id not in result.kept or e.request_id in taken
+        ]
+        if ids:
+            client.xack(STREAM, GROUP, *ids)
+            client.xdel(STREAM, *ids)
         stored += result.stored
+        if len(ids) < len(decoded):
+            break  # a recorder is failing: the next drain retries, after its pause
     client.set(LAST_DRAIN, repr(time.time()))
     return stored

@@ -23,6 +23,10 @@ class Price(models.Model):
     currency = models.CharField(max_length=3)
     input_per_million = models.DecimalField(max_digits=18, decimal_places=6)
     output_per_million = models.DecimalField(max_digits=18, decimal_places=6)
+    cached_input_per_million = models.DecimalField(
+        max_digits=18, decimal_places=6, null=True, blank=True,
+        help_text="Input tokens the engine served from its prompt cache. Empty: the input price.",
+    )  # fmt: skip
     effective_from = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -34,10 +38,22 @@ class Price(models.Model):
                 condition=models.Q(input_per_million__gte=0, output_per_million__gte=0),
                 name="price_not_negative",
             ),
+            models.CheckConstraint(
+                condition=models.Q(cached_input_per_million__isnull=True)
+                | models.Q(cached_input_per_million__gte=0),
+                name="price_cached_not_negative",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.model_id} {self.input_per_million}/{self.output_per_million} {self.currency}"
+
+    @property
+    def cached_price(self):
+        """The price per million cached input tokens: its own, else the input price."""
+        if self.cached_input_per_million is None:
+            return self.input_per_million
+        return self.cached_input_per_million
 
 
 class UsageRecord(models.Model):
@@ -51,6 +67,9 @@ class UsageRecord(models.Model):
     model_id = models.CharField(max_length=MODEL_ID_MAX_LENGTH)
     prompt_tokens = models.PositiveIntegerField()
     completion_tokens = models.PositiveIntegerField()
+    # Of the prompt tokens, those the engine served from its prompt cache (priced apart).
+    # db_default: rows inserted by raw SQL that predates the column (bench/ledger.py) get 0 too.
+    cached_tokens = models.PositiveIntegerField(db_default=0)
     occurred_at = models.DateTimeField()
     recorded_at = models.DateTimeField(default=timezone.now)
     latency_ms = models.PositiveIntegerField()
@@ -84,6 +103,7 @@ class DailyUsage(models.Model):
     requests = models.PositiveIntegerField()
     prompt_tokens = models.PositiveBigIntegerField()
     completion_tokens = models.PositiveBigIntegerField()
+    cached_tokens = models.PositiveBigIntegerField(db_default=0)
     amount = models.DecimalField(max_digits=24, decimal_places=12)
 
     class Meta:
@@ -132,7 +152,9 @@ class Invoice(models.Model):
 class InvoiceLine(models.Model):
     class Kind(models.TextChoices):
         USAGE = "usage", "Usage"
+        CACHED = "cached", "Cached input"
         ADJUSTMENT = "adjustment", "Late usage from earlier periods"
+        LATE_CACHED = "late_cached", "Late cached input from earlier periods"
 
     invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="lines")
     kind = models.CharField(max_length=16, choices=Kind.choices)
@@ -149,6 +171,27 @@ class InvoiceLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.model_id} {self.amount}"
+
+
+class InvoiceCloseFailure(models.Model):
+    """A tenant whose month could not be closed: shown on the admin's close page, retried by
+    the next close, and deleted when its invoice is finalized."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="close_failures")
+    period = models.DateField()
+    error = models.CharField(max_length=500)
+    attempts = models.PositiveIntegerField(default=1)
+    first_failed_at = models.DateTimeField(default=timezone.now)
+    last_failed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["period", "tenant_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "period"], name="close_failure_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id} {self.period:%Y-%m}: {self.error}"
 
 
 class InvoiceCounter(models.Model):

@@ -9,14 +9,25 @@ LEDGER_PLACES = Decimal("0.000000000001")
 MINOR_UNITS = {"JPY": 0, "KRW": 0, "BHD": 3, "KWD": 3}
 
 
-def usage_amount(prompt_tokens: int, completion_tokens: int, price) -> Decimal:
-    """The exact (unrounded) cost of one request at `price` (None: an unpriced model, free)."""
+def usage_amount(prompt_tokens: int, completion_tokens: int, price, cached_tokens: int = 0):
+    """The exact (unrounded) cost of one request at `price` (None: an unpriced model, free).
+    `cached_tokens` of the prompt tokens are priced at the price's cached input price."""
     if price is None:
         return Decimal(0)
     amount = (
-        prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million
+        (prompt_tokens - cached_tokens) * price.input_per_million
+        + cached_tokens * price.cached_price
+        + completion_tokens * price.output_per_million
     ) / MILLION
     return amount.quantize(LEDGER_PLACES)
+
+
+def cached_amount(cached_tokens: int, price) -> Decimal:
+    """The exact cost of `cached_tokens` cached input tokens at `price`: an invoice's cached
+    line (the rest of the usage's amount is its usage line)."""
+    if price is None:
+        return Decimal(0)
+    return (cached_tokens * price.cached_price / MILLION).quantize(LEDGER_PLACES)
 
 
 def round_line(amount: Decimal, currency: str) -> Decimal:

@@ -14,35 +14,64 @@ from billing.models import Price
 from saas_platform.threads import in_db_thread
 
 
+def validate_price(
+    *,
+    input_per_million,
+    output_per_million,
+    cached_input_per_million=None,
+    currency: str | None = None,
+    effective_from: datetime | None = None,
+) -> str:
+    """The one validation of a price, used by `price_set` (the CLI) and the admin's form, so a
+    row is refused with the same message wherever it is entered. Returns the currency as it is
+    stored (upper case: invoices add up amounts of one currency, and "usd" is not "USD");
+    raises ValidationError mapping each bad field to its message."""
+    errors = {}
+    amounts = (("input_per_million", input_per_million),
+               ("output_per_million", output_per_million),
+               ("cached_input_per_million", cached_input_per_million))  # fmt: skip
+    for field, value in amounts:
+        if field == "cached_input_per_million" and value is None:
+            continue  # the input price applies
+        if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
+            errors[field] = "Prices must be decimal amounts of 0 or more."
+    currency = (currency or settings.BILLING_CURRENCY).strip().upper()
+    if len(currency) != 3 or not currency.isascii() or not currency.isalpha():
+        errors["currency"] = "Currency must be a three-letter ISO code, e.g. USD."
+    if effective_from is not None and timezone.is_naive(effective_from):
+        errors["effective_from"] = "The start time needs a time zone (e.g. 2026-12-01T00:00Z)."
+    if errors:
+        raise ValidationError(errors)
+    return currency
+
+
 @transaction.atomic
 def price_set(
     *,
     model_id: str,
     input_per_million: Decimal,
     output_per_million: Decimal,
+    cached_input_per_million: Decimal | None = None,
     currency: str | None = None,
     tenant=None,
     effective_from: datetime | None = None,
 ) -> Price:
-    """Add a price (list price, or the tenant's own) from `effective_from` (default now)."""
-    errors = {}
-    for field, value in (("input_per_million", input_per_million),
-                         ("output_per_million", output_per_million)):  # fmt: skip
-        if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
-            errors[field] = "Prices must be decimal amounts of 0 or more."
-    currency = (currency or settings.BILLING_CURRENCY).upper()
-    if len(currency) != 3 or not currency.isalpha():
-        errors["currency"] = "Currency must be a three-letter ISO code, e.g. USD."
-    if effective_from is not None and timezone.is_naive(effective_from):
-        errors["effective_from"] = "The start time needs a time zone (e.g. 2026-12-01T00:00Z)."
-    if errors:
-        raise ValidationError(errors)
+    """Add a price (list price, or the tenant's own) from `effective_from` (default now).
+    Cached input tokens cost `cached_input_per_million` (default: the input price)."""
+    currency = validate_price(
+        input_per_million=input_per_million,
+        output_per_million=output_per_million,
+        cached_input_per_million=cached_input_per_million,
+        currency=currency,
+        effective_from=effective_from,
+    )
     price = Price(
         model_id=model_id,
         tenant=tenant,
         currency=currency,
         input_per_million=input_per_million,
         output_per_million=output_per_million,
+        cached_input_per_million=cached_input_per_million,
         effective_from=effective_from or timezone.now(),
     )
     price.full_clean()

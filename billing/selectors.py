@@ -3,22 +3,16 @@ always comes from the daily rollups (DailyUsage: one row per tenant, model and d
 scanning the ledger, so a page costs the same with ten rows of usage or tens of millions."""
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import DecimalField, F, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce
 
-from billing.invoices import month_start
 from billing.models import DailyUsage, UsageRecord
 from billing.money import round_line
-
-
-def last_days(days: int, *, today: date | None = None) -> tuple[date, date]:
-    """The first and last day (UTC) of the `days` days ending today."""
-    today = today or datetime.now(tz=UTC).date()
-    return today - timedelta(days=days - 1), today
+from saas_platform.periods import month_start
 
 
 def _tenant_month_sum(expression, since: date, output_field=None):

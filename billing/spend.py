@@ -16,7 +16,6 @@ lost its data.
 """
 
 import threading
-import time
 from datetime import datetime
 
 from django.conf import settings
@@ -25,17 +24,10 @@ from django.utils import timezone
 
 from billing import money
 from billing.models import UsageRecord
+from saas_platform.periods import day_start, month_key, month_start
 from saas_platform.redis_clients import sync_client
 from tenants.apikeys import KEY_PREFIX
 from tenants.models import ApiKey
-
-
-def month_key(moment: datetime | None = None) -> str:
-    """`YYYY-MM` of `moment` (aware, UTC), or of now: the admission script's key on every
-    request, so now is read from the clock directly rather than through Django's timezone."""
-    if moment is None:
-        return time.strftime("%Y-%m", time.gmtime())
-    return moment.strftime("%Y-%m")
 
 
 # Hash-tagged like the admission keys, so the admission script may use them in a cluster.
@@ -119,7 +111,7 @@ def spend_reconcile(moment: datetime | None = None, *, tenant_ids=None) -> None:
     ledger (the truth) has stored: heals a Redis that lost its data, and can never undo a
     settlement made while it runs."""
     moment = moment or timezone.now()
-    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    start = day_start(month_start(moment))
     month = month_key(moment)
     rows = UsageRecord.objects.filter(occurred_at__gte=start, occurred_at__lte=moment)
     if tenant_ids is not None:

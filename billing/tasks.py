@@ -21,7 +21,8 @@ def reconcile_spend() -> None:
 
 @shared_task(acks_late=True, time_limit=3600, ignore_result=True)
 def close_due_invoices() -> int:
-    return len(invoices_close_due())
+    result = invoices_close_due()
+    return len(result.finalized) if result else 0
 
 
 @shared_task(time_limit=60, ignore_result=True, expires=30)

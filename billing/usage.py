@@ -4,7 +4,8 @@ and NDJSONRecorder).
 Publishing never blocks or fails a response: events go onto an in-process queue that a
 background thread hands to every configured recorder, retrying a recorder that fails (with
 backoff) and counting failures in metrics. The ledger's recorder (billing.ledger) is the
-durable one.
+durable one. A recorder marked `fed_after_ledger` (the Kafka stream, billing.kafka) is not
+published to: the ledger's drain feeds it the events it has stored.
 """
 
 import asyncio
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from saas_platform import metrics
@@ -40,6 +42,9 @@ class UsageEvent:
     # "reported": the engine's own usage; "counted": the gateway counted the tokens itself.
     usage_source: str = "reported"
     endpoint: str = ""
+    # Of the prompt tokens, those the engine served from its prompt cache (its
+    # usage.prompt_tokens_details.cached_tokens), priced at the cached input price.
+    cached_tokens: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,11 +72,33 @@ class NDJSONRecorder:
             os.close(fd)  # closing releases the lock
 
 
+def _fed_after_ledger(cls) -> bool:
+    # Such a recorder (billing.kafka's) is fed by the ledger's drain with the events it stored,
+    # never by a gateway.
+    return bool(getattr(cls, "fed_after_ledger", False))
+
+
 def configured_recorders() -> list[UsageRecorder]:
-    recorders: list[UsageRecorder] = [import_string(path)() for path in settings.USAGE_RECORDERS]
+    """The recorders a gateway publishes to: USAGE_RECORDERS but those fed after the ledger, and
+    the NDJSON file when USAGE_NDJSON_PATH is set."""
+    classes = [import_string(path) for path in settings.USAGE_RECORDERS]
+    recorders: list[UsageRecorder] = [cls() for cls in classes if not _fed_after_ledger(cls)]
     ndjson_paths = {r.path for r in recorders if isinstance(r, NDJSONRecorder)}
     if settings.USAGE_NDJSON_PATH and settings.USAGE_NDJSON_PATH not in ndjson_paths:
         recorders.append(NDJSONRecorder())
+    return recorders
+
+
+def recorders_after_ledger() -> list:
+    """The recorders of USAGE_RECORDERS fed by the ledger's drain once it stored a batch; each has
+    `record_many(events)`, returning the request ids it took."""
+    recorders = [import_string(path)() for path in settings.USAGE_RECORDERS
+                 if _fed_after_ledger(import_string(path))]  # fmt: skip
+    if recorders and not settings.REDIS_URL:
+        raise ImproperlyConfigured(
+            "USAGE_RECORDERS names a recorder fed from the ledger's Redis stream "
+            f"({type(recorders[0]).__name__}): set REDIS_URL"
+        )
     return recorders
 
 

@@ -10,7 +10,6 @@ Lua script a call); otherwise an in-process backend with the same contract.
 """
 
 import asyncio
-import calendar
 import logging
 import math
 import threading
@@ -32,7 +31,6 @@ from billing.spend import (
     credit_used_key,
     key_spend_key,
     local_counters,
-    month_key,
     spend_key,
     spend_reconcile,
 )
@@ -40,6 +38,7 @@ from gateway.admission_lua import ADMIT, RENEW, SETTLE
 from gateway.parsing import InferenceRequest
 from saas_platform import metrics
 from saas_platform.errors import RateLimited, ServiceUnavailable
+from saas_platform.periods import month_key, seconds_to_next_month
 from saas_platform.redis_clients import async_client
 from saas_platform.threads import in_db_thread
 from tenants.refusals import count_refusal
@@ -554,9 +553,9 @@ class Lease:
     def holds_cost(self) -> bool:
         return self.hold > 0
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> int:
         """The request's real cost in picos, exactly as the ledger will price it."""
-        return to_picos(usage_amount(prompt_tokens, completion_tokens, self.price))
+        return to_picos(usage_amount(prompt_tokens, completion_tokens, self.price, cached_tokens))
 
     def _end(self) -> bool:
         """Stop renewing; False if the lease was already released."""
@@ -644,9 +643,10 @@ async def acquire(
     price = await aprice_now(tenant.pk, model_id)
     hold = 0
     if _holds_cost(caller):
-        hold = to_picos(
-            usage_amount(request.most_prompt_tokens(), request.most_completion_tokens(), price)
-        )
+        prompt, completion = request.most_prompt_tokens(), request.most_completion_tokens()
+        # The most it can cost: every prompt token at the higher of the input and cached prices.
+        hold = to_picos(max(usage_amount(prompt, completion, price),
+                            usage_amount(prompt, completion, price, prompt)))  # fmt: skip
     chosen = backend()
     if chosen is _local and hold:
         await _embedded_counters.ensure(tenant.pk)
@@ -699,7 +699,7 @@ def _refusal(decision: Decision, caller, limits, tokens: int, hold: int) -> Rate
         currency=settings.BILLING_CURRENCY,
     )
     if decision.reason in ("budget", "credits"):
-        retry = _seconds_to_next_month() if decision.reason == "budget" else 3600
+        retry = seconds_to_next_month() if decision.reason == "budget" else 3600
         error = RateLimited(message, retry_after=retry, code="insufficient_quota")
         error.error_type = "insufficient_quota"
     else:
@@ -707,12 +707,6 @@ def _refusal(decision: Decision, caller, limits, tokens: int, hold: int) -> Rate
     error.decision = decision
     error.limited_by = decision.scope
     return error
-
-
-def _seconds_to_next_month() -> int:
-    now = time.gmtime()
-    year, month = (now.tm_year + 1, 1) if now.tm_mon == 12 else (now.tm_year, now.tm_mon + 1)
-    return max(1, int(calendar.timegm((year, month, 1, 0, 0, 0)) - time.time()))
 
 
 def _duration(seconds: float) -> str:

@@ -29,7 +29,7 @@ _finishing: set[asyncio.Task] = set()
 
 async def _finish(meter: UsageMeter, lease: Lease, route: Route | None, status: int) -> None:
     event = meter.event(status=status)
-    cost = lease.cost(event.prompt_tokens, event.completion_tokens)
+    cost = lease.cost(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
     recorders = publisher()
     recorded_by: list = []
     released = routed = False

@@ -12,8 +12,8 @@ CLIENT_CLOSED_REQUEST = 499  # the status recorded when the client went away (ng
 
 
 class UsageMeter:
-    __slots__ = ("api_key_prefix", "completion_tokens", "endpoint", "model", "prompt_tokens",
-                 "request_id", "started", "tenant_id", "usage_source")  # fmt: skip
+    __slots__ = ("api_key_prefix", "cached_tokens", "completion_tokens", "endpoint", "model",
+                 "prompt_tokens", "request_id", "started", "tenant_id", "usage_source")  # fmt: skip
 
     def __init__(self, *, request_id: str, tenant_id: int, api_key_prefix: str, endpoint: str,
                  model: str):  # fmt: skip
@@ -25,6 +25,7 @@ class UsageMeter:
         self.started = time.monotonic()
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0  # of the prompt tokens, those the engine's prompt cache served
         # "reported": the engine's own usage; "counted": the gateway counted the tokens itself.
         self.usage_source = "reported"
 
@@ -45,4 +46,5 @@ class UsageMeter:
             status=status,
             usage_source=self.usage_source,
             endpoint=self.endpoint,
+            cached_tokens=self.cached_tokens,
         )

@@ -75,6 +75,7 @@ async def settle_usage(meter, request, engine, reported: dict | None, completion
     if isinstance(reported, dict) and isinstance(reported.get("prompt_tokens"), int):
         meter.prompt_tokens = reported["prompt_tokens"]
         meter.completion_tokens = int(reported.get("completion_tokens") or 0)
+        meter.cached_tokens = _cached_tokens(reported, meter.prompt_tokens)
         meter.usage_source = "reported"
         return
     meter.usage_source = "counted"
@@ -85,6 +86,16 @@ async def settle_usage(meter, request, engine, reported: dict | None, completion
     if completion_text:
         completion = await engine.count_tokens(completion_text)
         meter.completion_tokens = completion or max(1, len(completion_text.split()))
+
+
+def _cached_tokens(reported: dict, prompt_tokens: int) -> int:
+    """The prompt-cache hits an engine reports (`usage.prompt_tokens_details.cached_tokens`,
+    as vLLM and OpenAI do): a whole number from 0 to the prompt tokens, else none."""
+    details = reported.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if isinstance(cached, bool) or not isinstance(cached, int):
+        return 0
+    return min(max(cached, 0), prompt_tokens)
 
 
 async def metered_response(
@@ -99,11 +110,14 @@ async def metered_response(
 
 
 def _usage_payload(meter: UsageMeter) -> dict:
-    return {
+    usage = {
         "prompt_tokens": meter.prompt_tokens,
         "completion_tokens": meter.completion_tokens,
         "total_tokens": meter.total_tokens,
     }
+    if meter.cached_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": meter.cached_tokens}
+    return usage
 
 
 async def relay_chunks(

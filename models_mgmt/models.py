@@ -80,14 +80,32 @@ class ServedModel(models.Model):
         return self.model_id
 
     def clean(self) -> None:
+        """The catalog entry's one validation: `manage.py models register` (full_clean in
+        model_register) and the admin's form both run it, so both refuse with one message."""
         super().clean()
+        errors = {}
         names = self.extra_fields
         if not isinstance(names, list) or not all(
             isinstance(name, str) and FIELD_NAME.fullmatch(name) for name in names
         ):
-            raise ValidationError(
-                {"extra_fields": 'A list of field names (letters, digits and _), e.g. ["top_k"].'}
+            errors["extra_fields"] = (
+                'A list of field names (letters, digits and _), e.g. ["top_k"].'
             )
+        if self.engine == self.Engine.OPENAI and not self.base_url:
+            errors["base_url"] = "The openai engine needs the server's base URL."
+        settings_ = self.engine_settings
+        if not isinstance(settings_, dict):
+            errors["engine_settings"] = 'Engine settings must be an object, e.g. {"command": …}.'
+        elif self.engine == self.Engine.PROCESS and "{port}" not in str(
+            settings_.get("command") or ""
+        ):
+            errors["engine_settings"] = (
+                "The process engine needs --command with a {port} placeholder."
+            )
+        if isinstance(self.vram_bytes, int) and self.vram_bytes < 0:
+            errors["vram_bytes"] = "VRAM bytes cannot be negative."
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def engine_model_name(self) -> str:
@@ -108,6 +126,14 @@ class Node(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        """The node's one validation, run by `manage.py nodes add` (full_clean in node_add) and
+        by the admin's form."""
+        super().clean()
+        budget = self.vram_budget_bytes
+        if isinstance(budget, int) and budget < 1:
+            raise ValidationError({"vram_budget_bytes": "VRAM budget must be at least 1 byte."})
 
     @property
     def queue(self) -> str:

@@ -2,7 +2,6 @@
 
 import logging
 
-from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from models_mgmt.models import ServedModel
@@ -30,18 +29,11 @@ def model_register(
 ) -> ServedModel:
     """Add a model to the catalog, or update the one with this id. `extra_fields` are request
     fields forwarded to its engine besides OpenAI's; `allow_images` accepts image_url parts."""
-    if engine == ServedModel.Engine.OPENAI and not base_url:
-        raise ValidationError({"base_url": "The openai engine needs the server's base URL."})
-    if engine == ServedModel.Engine.PROCESS and "{port}" not in command:
-        raise ValidationError(
-            {"engine_settings": "The process engine needs --command with a {port} placeholder."}
-        )
+    # The rules live in ServedModel.clean (full_clean below), which the admin runs too.
     if engine == ServedModel.Engine.LOCAL:
         upstream_model = upstream_model or "smollm2"
         if task is None:
             task = LOCAL_BUNDLED.get(upstream_model, ServedModel.Task.CHAT)
-    if vram_bytes < 0:
-        raise ValidationError({"vram_bytes": "VRAM bytes cannot be negative."})
     model = ServedModel.objects.filter(model_id=model_id).first() or ServedModel(model_id=model_id)
     model.engine = engine
     model.base_url = base_url.rstrip("/")

@@ -2,17 +2,17 @@
 keeps (billing.DailyUsage), so pages never scan the per-request ledger."""
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 
 from django.conf import settings
 from django.db.models import Sum
 
 from billing import money
-from billing.invoices import month_start, next_month
 from billing.models import DailyUsage, Invoice
 from billing.selectors import tokens_by_model
 from saas_platform.charts import Chart, daily_chart
+from saas_platform.periods import month_last_day, month_start
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,6 @@ class MonthSummary:
         if not self.budget:
             return None
         return min(999, int(self.spend * 100 / self.budget))
-
-
-def month_last_day(month: date) -> date:
-    return next_month(month) - timedelta(days=1)
 
 
 def daily_rows(tenant, first: date, last: date, model_id: str = ""):

@@ -109,12 +109,13 @@ def _spend_matches(platform: Platform) -> Check:
 
     from billing import money, spend
     from billing.models import UsageRecord
+    from saas_platform import periods
 
     wrong = []
     for slug, limits in platform.limits.items():
         total = UsageRecord.objects.filter(tenant_id=limits.tenant_id).aggregate(s=Sum("amount"))
         ledger = money.to_picos(total["s"] or 0)
-        held = spend.spend_get(limits.tenant_id, spend.month_key())
+        held = spend.spend_get(limits.tenant_id, periods.month_key())
         if abs(held - ledger) > UsageRecord.objects.filter(tenant_id=limits.tenant_id).count():
             wrong.append(f"{slug}: Redis {held}, ledger {ledger}")  # beyond per-row rounding
     return Check("spend = ledger", not wrong, "; ".join(wrong) or "every tenant")

@@ -4,7 +4,9 @@ the template repeats as a table, so every chart can also be read without a canva
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
+
+from saas_platform.periods import days_of
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Chart:
 
 
 def days_between(first: date, last: date) -> list[date]:
-    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    return days_of(first, last)
 
 
 def daily_chart(

@@ -114,6 +114,11 @@ LEDGER_STORED = SharedCounter(
 LEDGER_ORPHANS = SharedCounter(
     "billing_ledger_orphans_total", "Usage events dropped: their tenant no longer exists"
 )
+USAGE_FORWARD_FAILURES = SharedCounter(
+    "billing_usage_forward_failures_total",
+    "Stored usage events a recorder fed after the ledger (Kafka) did not take (retried)",
+    ("recorder",),
+)
 LEDGER_CONFLICTS = SharedCounter(
     "billing_ledger_conflicts_total", "Usage events refused: same request id, different payload"
 )

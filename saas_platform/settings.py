@@ -246,6 +246,16 @@ CELERY_BEAT_SCHEDULE = {
 USAGE_NDJSON_PATH = env_str("USAGE_NDJSON_PATH")
 # The ledger recorder: through a Redis stream with REDIS_URL, else straight to the database.
 USAGE_RECORDERS = env_list("USAGE_RECORDERS", ["billing.ledger.LedgerRecorder"])
+# The Kafka usage stream (billing.kafka.KafkaRecorder, when USAGE_RECORDERS names it): fed by
+# the ledger's drain once events are stored. SASL/TLS settings are passed to librdkafka as set.
+KAFKA_BOOTSTRAP_SERVERS = env_str("KAFKA_BOOTSTRAP_SERVERS")
+KAFKA_USAGE_TOPIC = env_str("KAFKA_USAGE_TOPIC", "usage-events")
+KAFKA_DELIVERY_TIMEOUT_SECONDS = env_float("KAFKA_DELIVERY_TIMEOUT_SECONDS", 10.0, minimum=1.0)
+KAFKA_SECURITY_PROTOCOL = env_str("KAFKA_SECURITY_PROTOCOL")
+KAFKA_SASL_MECHANISM = env_str("KAFKA_SASL_MECHANISM")
+KAFKA_SASL_USERNAME = env_str("KAFKA_SASL_USERNAME")
+KAFKA_SASL_PASSWORD = env_str("KAFKA_SASL_PASSWORD")
+KAFKA_SSL_CA_LOCATION = env_str("KAFKA_SSL_CA_LOCATION")
 
 # --- Model management.
 # Where each node's worker keeps the records of the engine processes it started.

@@ -13,11 +13,12 @@ import asyncio
 import logging
 import threading
 from collections import Counter
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from saas_platform import periods
 from saas_platform.redis_clients import async_client, sync_client
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def count_refusal(reason: str) -> None:
 
 def refusals_per_day(first: date, last: date) -> list[tuple[date, str, int]]:
     """(day, reason, count) for every day in [first, last] with refusals."""
-    days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+    days = periods.days_of(first, last)
     if not settings.REDIS_URL:
         with _local_lock:
             return [(day, reason, n) for (day, reason), n in _local.items() if day in days]

@@ -5,10 +5,11 @@ from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
 from billing.downloads import invoice_download
-from billing.invoices import invoice_data, invoice_for, month_start
+from billing.invoices import invoice_data, invoice_for
 from billing.models import Invoice
 from portal import selectors
 from portal.access import member_required
+from saas_platform.periods import month_start
 
 CURRENT = "current"
 

@@ -2,9 +2,9 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from billing.invoices import month_start
 from portal import selectors
 from portal.access import member_required
+from saas_platform.periods import month_start
 from tenants.models import ApiKey
 
 

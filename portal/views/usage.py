@@ -1,4 +1,4 @@
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
@@ -7,12 +7,13 @@ from billing.downloads import usage_download
 from portal import selectors
 from portal.access import member_required
 from portal.forms import UsageFilterForm
+from saas_platform import periods
 
 
 def _filter(request) -> UsageFilterForm:
-    today = datetime.now(UTC).date()
+    first, today = periods.month_start(), periods.last_days(1)[1]
     data = request.GET if "start" in request.GET or "end" in request.GET else None
-    initial = {"start": today.replace(day=1), "end": today, "model": ""}
+    initial = {"start": first, "end": today, "model": ""}
     form = UsageFilterForm(data or initial, models=selectors.models_used(request.tenant))
     form.is_valid()
     return form
@@ -54,6 +55,5 @@ def usage_csv(request):
     if not form.is_valid():
         return render(request, "portal/usage.html", {"form": form}, status=400)
     first, last, model_id = _bounds(form)
-    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
-    end = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+    start, end = periods.day_range(first, last)
     return usage_download(request, request.tenant, start, end, model_id)

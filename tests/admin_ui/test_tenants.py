@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from billing.invoices import month_start
+from saas_platform.periods import month_start
 from tenants import services
 from tenants.errors import TenantSuspended
 from tenants.models import Tenant

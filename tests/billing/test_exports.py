@@ -46,6 +46,8 @@ USAGE_HEADER = [
     "usage_source",
     "amount",
     "currency",
+    "cached_tokens",
+    "cached_amount",
 ]
 
 
@@ -251,6 +253,8 @@ def test_usage_csv_streams_the_range_in_time_order_and_nothing_else(acme, march_
         "usage_source": "counted",
         "amount": str(stored.amount),
         "currency": "USD",
+        "cached_tokens": "0",
+        "cached_amount": "0.000000000000",
     }
     assert rows[1]["amount"] == "0.314814950000"  # exact, 12 places, not rounded
     assert rows[0]["usage_source"] == "reported"

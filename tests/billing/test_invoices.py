@@ -12,6 +12,7 @@ from billing import invoices
 from billing.invoices import InvoiceError, credit_note_issue, invoice_close, invoice_for
 from billing.models import Invoice, InvoiceLine, UsageRecord
 from billing.pricing import price_set
+from saas_platform import periods
 from tests.billing.factories import event, store
 
 SEPT, OCT, NOV = date(2026, 9, 1), date(2026, 10, 1), date(2026, 11, 1)
@@ -35,7 +36,7 @@ def ledger_tokens(tenant, period):
     rows = UsageRecord.objects.filter(
         tenant=tenant,
         occurred_at__gte=at(period, 1).replace(hour=0),
-        occurred_at__lt=at(invoices.next_month(period), 1).replace(hour=0),
+        occurred_at__lt=at(periods.next_month(period), 1).replace(hour=0),
     )
     sums = rows.aggregate(inp=Sum("prompt_tokens"), out=Sum("completion_tokens"))
     return sums["inp"] or 0, sums["out"] or 0
@@ -142,9 +143,9 @@ def test_invoices_close_due_waits_for_the_grace_period(acme, globex, prices, set
     settings.INVOICE_GRACE_DAYS = 3
     store(event(acme, at=at(OCT)))
 
-    assert invoices.invoices_close_due(now=datetime(2026, 11, 2, tzinfo=UTC)) == []
-    closed = invoices.invoices_close_due(now=datetime(2026, 11, 4, tzinfo=UTC))
+    assert invoices.invoices_close_due(now=datetime(2026, 11, 2, tzinfo=UTC)) is None
+    closed = invoices.invoices_close_due(now=datetime(2026, 11, 4, tzinfo=UTC)).finalized
 
     assert sorted(i.tenant.slug for i in closed) == ["acme", "globex"]
     assert {i.period for i in closed} == {OCT}
-    assert invoices.invoices_close_due(now=datetime(2026, 11, 5, tzinfo=UTC)) == []
+    assert invoices.invoices_close_due(now=datetime(2026, 11, 5, tzinfo=UTC)).finalized == []

@@ -10,6 +10,7 @@ from django.db import DatabaseError, transaction
 from billing import spend
 from billing.models import DailyUsage, UsageRecord
 from billing.pricing import price_set
+from saas_platform import periods
 from tests.billing.factories import event, store
 
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
@@ -97,7 +98,7 @@ def test_a_batch_with_a_repeat_inside_and_one_already_stored_stores_each_event_o
     price_set(model_id="llama", input_per_million=Decimal(1000), output_per_million=Decimal(0),
               effective_from=at(1, 0))  # fmt: skip
     now = datetime.now(tz=UTC)
-    month = spend.month_key(now)
+    month = periods.month_key(now)
     stored, fresh = event(acme, at=now), event(acme, at=now)
     store(stored)
     before = spend.spend_get(acme.pk, month)

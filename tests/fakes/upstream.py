@@ -7,6 +7,8 @@ HTTP. Its behaviour comes from the model name the gateway forwards, as a query s
     fake?hang=1                  accept the request and never answer
     fake?cut=3                   close the connection after 3 chunks, without [DONE]
     fake?stall=3                 stream 3 chunks, then send nothing more (a mid-stream hang)
+    fake?cached=4                report 4 of the prompt tokens as served from its prompt cache
+                                 (usage.prompt_tokens_details.cached_tokens, as vLLM and OpenAI)
 
 A request's max_tokens caps the chunks, as it caps a real engine's output.
 
@@ -142,6 +144,8 @@ async def _answer(path: str, body: dict, send, gone: asyncio.Event, record: dict
         "completion_tokens": chunks,
         "total_tokens": PROMPT_TOKENS + chunks,
     }
+    if "cached" in options:
+        usage["prompt_tokens_details"] = {"cached_tokens": int(options["cached"])}
     if not body.get("stream"):
         await asyncio.sleep(delay * chunks)
         text = " ".join(f"w{i}" for i in range(chunks))

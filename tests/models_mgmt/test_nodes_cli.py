@@ -23,7 +23,7 @@ def test_nodes_add_list_and_models_pin_status(manage):
 
 def test_node_and_model_bad_input_is_one_line(manage):
     cases = [
-        (["nodes", "add", "gpu-1", "--vram-bytes", "0"], "--vram-bytes must be at least 1"),
+        (["nodes", "add", "gpu-1", "--vram-bytes", "0"], "VRAM budget must be at least 1 byte."),
         (["nodes", "add", "bad name", "--vram-bytes", "5"], "name:"),
         (["models", "register", "x", "--engine", "process", "--command", "run"],
          "needs --command with a {port} placeholder"),

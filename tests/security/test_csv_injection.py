@@ -13,8 +13,9 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from billing.exports import invoice_csv
-from billing.invoices import InvoiceData, Line, month_start
+from billing.invoices import InvoiceData, Line
 from models_mgmt.models import ServedModel
+from saas_platform.periods import month_start
 from tenants import services
 from tests.billing.factories import event, store
 from tests.security.conftest import own_gateway, post_form

@@ -5,12 +5,13 @@ from django.core.management.base import CommandError
 
 from billing import invoices
 from billing.models import Invoice
+from saas_platform import periods
 from saas_platform.cli import ScriptableCommand, format_table
 from tenants.models import Tenant
 
 
 def _period(value: str):
-    return invoices.parse_period(value)
+    return periods.parse_period(value)
 
 
 _period.__name__ = "period (YYYY-MM)"
@@ -46,11 +47,20 @@ class Command(ScriptableCommand):
         return [tenant]
 
     def handle_close(self, options):
-        for tenant in self._tenants(options["tenant"]):
-            invoice = invoices.invoice_close(tenant=tenant, period=options["period"])
+        chosen = self._tenants(options["tenant"]) if options["tenant"] else None
+        result = invoices.invoices_close_month(period=options["period"], tenants=chosen)
+        for invoice in sorted(result.already + result.finalized, key=lambda i: i.tenant.slug):
             self.stdout.write(
-                f"{invoice.number} {tenant.slug} {invoice.period:%Y-%m} "
+                f"{invoice.number} {invoice.tenant.slug} {invoice.period:%Y-%m} "
                 f"{invoice.total} {invoice.currency}"
+            )
+        if result.failures:
+            # The others are closed; these are recorded and retried by the next close.
+            first = result.failures[0]
+            raise CommandError(
+                f"{len(result.failures)} tenant(s) not closed for {options['period']:%Y-%m}: "
+                f"{first.tenant.slug}: {first.message}"
+                + (f" (and {len(result.failures) - 1} more)" if len(result.failures) > 1 else "")
             )
 
     def handle_export(self, options):

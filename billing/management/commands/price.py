@@ -39,6 +39,10 @@ class Command(ScriptableCommand):
         setting.add_argument("model", metavar="MODEL")
         setting.add_argument("--input-per-million", type=_amount, required=True, metavar="X")
         setting.add_argument("--output-per-million", type=_amount, required=True, metavar="Y")
+        setting.add_argument(
+            "--cached-input-per-million", type=_amount, metavar="Z",
+            help="input tokens served from the engine's prompt cache (default: the input price)",
+        )  # fmt: skip
         setting.add_argument("--currency", help="ISO code (default: BILLING_CURRENCY)")
         setting.add_argument("--tenant", metavar="SLUG", help="the tenant's own price")
         setting.add_argument(
@@ -58,6 +62,7 @@ class Command(ScriptableCommand):
             model_id=options["model"],
             input_per_million=options["input_per_million"],
             output_per_million=options["output_per_million"],
+            cached_input_per_million=options["cached_input_per_million"],
             currency=options["currency"],
             tenant=tenant,
             effective_from=options["effective_from"],
@@ -65,6 +70,7 @@ class Command(ScriptableCommand):
         whose = f" for {tenant.slug}" if tenant else ""
         self.stdout.write(
             f"price of {price.model_id}{whose}: {price.input_per_million} in / "
+            f"{price.cached_price} cached in / "
             f"{price.output_per_million} out per million tokens, {price.currency}, "
             f"from {price.effective_from.isoformat()}"
         )
@@ -73,13 +79,14 @@ class Command(ScriptableCommand):
         prices = Price.objects.select_related("tenant")
         if options["tenant"]:
             prices = prices.filter(tenant__slug=options["tenant"])
-        rows = [("MODEL", "TENANT", "INPUT/M", "OUTPUT/M", "CURRENCY", "FROM")]
+        rows = [("MODEL", "TENANT", "INPUT/M", "CACHED/M", "OUTPUT/M", "CURRENCY", "FROM")]
         for price in prices:
             rows.append(
                 (
                     price.model_id,
                     price.tenant.slug if price.tenant else "*",
                     str(price.input_per_million),
+                    str(price.cached_price),
                     str(price.output_per_million),
                     price.currency,
                     price.effective_from.strftime("%Y-%m-%dT%H:%MZ"),

@@ -1,4 +1,3 @@
-from django.core.management.base import CommandError
 from django.utils import timezone
 
 from models_mgmt import placements
@@ -17,8 +16,6 @@ class Command(ScriptableCommand):
         actions.add_parser("list", help="list nodes")
 
     def handle_add(self, options):
-        if options["vram_bytes"] < 1:
-            raise CommandError("--vram-bytes must be at least 1")
         node = placements.node_add(name=options["name"], vram_bytes=options["vram_bytes"])
         self.stdout.write(f"added node {node.name} (queue {node.queue})")
 
