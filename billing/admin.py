@@ -333,6 +333,16 @@ class InvoiceAdmin(ReadOnlyAdmin):
         return HttpResponseRedirect(reverse("admin:billing_invoice_change", args=[invoice.pk]))
 
 
+@admin.register(InvoiceCloseFailure)
+class InvoiceCloseFailureAdmin(ReadOnlyAdmin):
+    """Tenants whose month could not be closed; each is retried by the next close, and its row
+    goes when its invoice is finalized."""
+
+    list_display = ["tenant", "period", "error", "attempts", "first_failed_at", "last_failed_at"]
+    list_select_related = ["tenant"]
+    list_filter = ["period"]
+
+
 @admin.register(CreditNote)
 class CreditNoteAdmin(ReadOnlyAdmin):
     list_display = ["number", "invoice", "amount", "reason", "created_at"]

@@ -92,7 +92,6 @@ class KafkaRecorder:
             return set()
         confirmed: set[str] = set()
         failed: list[str] = []
-
         fatal = False
 
         def report(error, request_id: str) -> None:

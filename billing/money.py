@@ -14,12 +14,10 @@ def usage_amount(prompt_tokens: int, completion_tokens: int, price, cached_token
     `cached_tokens` of the prompt tokens are priced at the price's cached input price."""
     if price is None:
         return Decimal(0)
-    amount = (
-        (prompt_tokens - cached_tokens) * price.input_per_million
-        + cached_tokens * price.cached_price
-        + completion_tokens * price.output_per_million
-    ) / MILLION
-    return amount.quantize(LEDGER_PLACES)
+    amount = prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million
+    if cached_tokens:
+        amount += cached_tokens * (price.cached_price - price.input_per_million)
+    return (amount / MILLION).quantize(LEDGER_PLACES)
 
 
 def cached_amount(cached_tokens: int, price) -> Decimal:

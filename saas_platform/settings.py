@@ -256,6 +256,12 @@ KAFKA_SASL_MECHANISM = env_str("KAFKA_SASL_MECHANISM")
 KAFKA_SASL_USERNAME = env_str("KAFKA_SASL_USERNAME")
 KAFKA_SASL_PASSWORD = env_str("KAFKA_SASL_PASSWORD")
 KAFKA_SSL_CA_LOCATION = env_str("KAFKA_SSL_CA_LOCATION")
+if "billing.kafka.KafkaRecorder" in USAGE_RECORDERS and not (REDIS_URL and KAFKA_BOOTSTRAP_SERVERS):
+    # It is fed by the ledger's drain of the Redis stream: without Redis nothing would feed it.
+    raise ImproperlyConfigured(
+        "USAGE_RECORDERS names billing.kafka.KafkaRecorder: set REDIS_URL (the ledger's stream "
+        "feeds it) and KAFKA_BOOTSTRAP_SERVERS"
+    )
 
 # --- Model management.
 # Where each node's worker keeps the records of the engine processes it started.

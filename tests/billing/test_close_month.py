@@ -98,6 +98,8 @@ def test_the_admin_close_page_closes_the_others_and_shows_the_failure(bad_row, a
     assert "Not closed (1 attempt, last" in page
     assert "Retried by the next close." in page
     assert Invoice.objects.count() == 2
+    listed = admin_client.get("/admin/billing/invoiceclosefailure/").content.decode()
+    assert "globex" in listed
 
 
 def _price_form(**overrides) -> dict[str, str]:
