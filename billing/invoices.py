@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Max, Sum
 from django.utils import timezone
 
+from audit.services import audit_record
 from billing import money
 from billing.models import CreditNote, Invoice, InvoiceCounter, InvoiceLine, Price, UsageRecord
 from saas_platform.errors import PlatformError
@@ -104,10 +105,14 @@ def _lines(tenant, period: date, after_id: int, through_id: int) -> tuple[list[L
     for kind, rows in groups:
         sums = (
             rows.values("model_id", "price_id", "currency")
-            .annotate(n=Count("id"), inp=Sum("prompt_tokens"), out=Sum("completion_tokens"),
-                      total=Sum("amount"))
+            .annotate(
+                n=Count("id"),
+                inp=Sum("prompt_tokens"),
+                out=Sum("completion_tokens"),
+                total=Sum("amount"),
+            )
             .order_by("model_id", "price_id")
-        )  # fmt: skip
+        )
         prices = Price.objects.in_bulk({row["price_id"] for row in sums} - {None})
         for row in sums:
             price = prices.get(row["price_id"])
@@ -144,12 +149,19 @@ def invoice_data(invoice: Invoice) -> InvoiceData:
         currency=invoice.currency,
         finalized_at=invoice.finalized_at,
         lines=[
-            Line(line.kind, line.model_id, line.requests, line.input_tokens,
-                 line.output_tokens, line.input_per_million, line.output_per_million,
-                 line.amount)
+            Line(
+                line.kind,
+                line.model_id,
+                line.requests,
+                line.input_tokens,
+                line.output_tokens,
+                line.input_per_million,
+                line.output_per_million,
+                line.amount,
+            )
             for line in invoice.lines.all()
         ],
-    )  # fmt: skip
+    )
 
 
 def invoice_for(tenant, period: date) -> InvoiceData:
@@ -204,6 +216,12 @@ def invoice_close(*, tenant, period: date) -> Invoice:
         finalized_at=now,
     )
     InvoiceLine.objects.bulk_create(InvoiceLine(invoice=invoice, **line.__dict__) for line in lines)
+    audit_record(
+        action="invoice.closed",
+        obj=invoice,
+        changes={"status": (None, invoice.status), "number": (None, invoice.number),
+                 "total": (None, invoice.total)},
+    )  # fmt: skip
     return invoice
 
 
@@ -231,9 +249,16 @@ def credit_note_issue(*, invoice: Invoice, amount: Decimal, reason: str) -> Cred
         )
     if not reason.strip():
         raise InvoiceError("a credit note needs a reason")
-    return CreditNote.objects.create(
+    note = CreditNote.objects.create(
         invoice=invoice,
         amount=money.round_line(amount, invoice.currency),
         reason=reason.strip(),
         number=_next_number("CN", timezone.now().year),
     )
+    audit_record(
+        action="invoice.credited",
+        obj=invoice,
+        changes={"credit_note": (None, note.number), "amount": (None, note.amount),
+                 "reason": (None, note.reason)},
+    )  # fmt: skip
+    return note

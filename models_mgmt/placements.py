@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from audit.services import audit_record
 from models_mgmt.engines.errors import EngineError
 from models_mgmt.live import live_state
 from models_mgmt.models import Node, Placement, ServedModel
@@ -121,6 +122,12 @@ def _unload(node: Node, placement: Placement, *, reason: str) -> None:
         logger.warning("drain of %s on %s timed out; stopping it", model_id, node.name)
     _stop_engine(node, placement.model)
     live.forget(model_id, node.name)
+    audit_record(
+        action="model.evicted",
+        obj=placement.model,
+        object_repr=f"{model_id} on {node.name}",
+        changes={"node": (node.name, None), "reason": (None, reason)},
+    )
     placement.delete()
     metrics.EVICTIONS.labels(node=node.name, reason=reason).inc()
     logger.info("unloaded %s from %s (%s)", model_id, node.name, reason)
@@ -159,6 +166,12 @@ def placement_load(*, node_name: str, model_id: str, pin: bool = False) -> Place
         placement.state, placement.endpoint_url = Placement.State.READY, endpoint
         placement.loaded_at = placement.updated_at = timezone.now()
         placement.save()
+        audit_record(
+            action="model.loaded",
+            obj=model,
+            object_repr=f"{model.model_id} on {node.name}",
+            changes={"node": (None, node.name), "pinned": (None, placement.pinned)},
+        )
         live_state().publish(model.model_id, node.name, endpoint)
         metrics.LOADS.labels(node=node.name).inc()
         metrics.LOAD_SECONDS.observe(time.monotonic() - started)
@@ -232,6 +245,11 @@ def node_add(*, name: str, vram_bytes: int) -> Node:
     node = Node(name=name, vram_budget_bytes=vram_bytes)
     node.full_clean()
     node.save()
+    audit_record(
+        action="node.added",
+        obj=node,
+        changes={"name": (None, name), "vram_budget_bytes": (None, vram_bytes)},
+    )
     return node
 
 
