@@ -8,6 +8,7 @@ refusals, codes and statuses (401 `invalid_api_key`, 403 `tenant_suspended`). A 
 """
 
 from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ValidationError
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.negotiation import BaseContentNegotiation
@@ -99,12 +100,21 @@ def _from_drf(exc: exceptions.APIException) -> PlatformError:
     return error
 
 
+def _from_validation(exc: ValidationError) -> PlatformError:
+    if hasattr(exc, "message_dict"):
+        field, messages = next(iter(exc.message_dict.items()))
+        return PlatformError(" ".join(messages), param=None if field == "__all__" else field)
+    return PlatformError(" ".join(exc.messages))
+
+
 def openai_exception_handler(exc, context):
     """DRF's exception handler for this API: platform errors and DRF's own (405, 404, ...) as
     `{"error": {"message", "type", "code", "param"}}`. Anything else is a bug and goes on to
     Django's 500 handling (None), which logs it."""
     if isinstance(exc, KeyRejected | KeyRefused):
         error = exc.error
+    elif isinstance(exc, ValidationError):  # a service's validation, the one every path uses
+        error = _from_validation(exc)
     elif isinstance(exc, PlatformError):
         error = exc
     elif isinstance(exc, exceptions.APIException):

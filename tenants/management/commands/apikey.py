@@ -26,6 +26,12 @@ class Command(ScriptableCommand):
         create.add_argument(
             "--expires-days", type=int, metavar="N", help="expire after N days (default: never)"
         )
+        create.add_argument(
+            "--scope",
+            choices=ApiKey.Scope.values,
+            default=ApiKey.Scope.INFERENCE,
+            help="inference (default): calls /v1/; manage: manages keys at /api/keys only",
+        )
         revoke = actions.add_parser("revoke", help="revoke a key at once")
         revoke.add_argument("prefix", help="the key's prefix as listed, e.g. sk-AbC12345")
         rotate = actions.add_parser(
@@ -52,10 +58,13 @@ class Command(ScriptableCommand):
             if options["expires_days"] < 1:
                 raise CommandError("--expires-days must be at least 1")
             expires_at = timezone.now() + timedelta(days=options["expires_days"])
-        issued = services.apikey_issue(tenant=tenant, name=options["name"], expires_at=expires_at)
+        issued = services.apikey_issue(
+            tenant=tenant, name=options["name"], expires_at=expires_at, scope=options["scope"]
+        )
         expiry = issued.api_key.expires_at.isoformat() if expires_at else "never"
         self.stdout.write(
-            f"created {issued.api_key.display_prefix} for {tenant.slug} (expires: {expiry})"
+            f"created {issued.api_key.display_prefix} for {tenant.slug} "
+            f"(scope: {issued.api_key.scope}, expires: {expiry})"
         )
         self._print_secret(issued)
 
@@ -82,12 +91,13 @@ class Command(ScriptableCommand):
 
     def handle_list(self, options):
         tenant = get_tenant(options["slug"])
-        rows = [("PREFIX", "NAME", "STATE", "CREATED", "EXPIRES", "LAST USED")]
+        rows = [("PREFIX", "NAME", "SCOPE", "STATE", "CREATED", "EXPIRES", "LAST USED")]
         for key in tenant.api_keys.all():
             rows.append(
                 (
                     key.display_prefix,
                     key.name or "-",
+                    key.scope,
                     key.state,
                     key.created_at.strftime("%Y-%m-%d %H:%M"),
                     key.expires_at.strftime("%Y-%m-%d %H:%M") if key.expires_at else "never",
