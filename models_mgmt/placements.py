@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import audit_record
+from audit.services import audit_record, changed
 from models_mgmt.engines.errors import EngineError
 from models_mgmt.live import live_state
 from models_mgmt.models import Node, Placement, ServedModel
@@ -240,16 +240,33 @@ def placement_reconcile(*, node_name: str, restarted: bool = False) -> list[str]
         return dropped
 
 
+_NODE_FIELDS = ("name", "vram_budget_bytes", "enabled")
+
+
 @transaction.atomic
-def node_add(*, name: str, vram_bytes: int) -> Node:
-    node = Node(name=name, vram_budget_bytes=vram_bytes)
+def node_add(*, name: str, vram_bytes: int, enabled: bool = True) -> Node:
+    node = Node(name=name, vram_budget_bytes=vram_bytes, enabled=enabled)
     node.full_clean()
     node.save()
-    audit_record(
-        action="node.added",
-        obj=node,
-        changes={"name": (None, name), "vram_budget_bytes": (None, vram_bytes)},
-    )
+    after = {field: getattr(node, field) for field in _NODE_FIELDS}
+    audit_record(action="node.added", obj=node, changes=changed({}, after))
+    return node
+
+
+@transaction.atomic
+def node_update(*, node: Node, **changes) -> Node:
+    """Change a node's name, VRAM budget or whether it takes new loads."""
+    unknown = set(changes) - set(_NODE_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown node settings: {sorted(unknown)}")
+    before = Node.objects.filter(pk=node.pk).values(*_NODE_FIELDS).first() or {}
+    for field, value in changes.items():
+        setattr(node, field, value)
+    node.full_clean()
+    node.save()
+    difference = changed(before, {field: getattr(node, field) for field in _NODE_FIELDS})
+    if difference:
+        audit_record(action="node.changed", obj=node, changes=difference)
     return node
 
 

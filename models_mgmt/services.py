@@ -80,6 +80,20 @@ def model_register(
 
 
 @transaction.atomic
+def model_save(*, model: ServedModel) -> ServedModel:
+    """Save a catalog entry edited as a whole (the admin's form), validated, with its audit row."""
+    stored = ServedModel.objects.filter(pk=model.pk).first() if model.pk else None
+    before = field_values(stored, _AUDITED_FIELDS) if stored is not None else {}
+    model.full_clean()
+    model.save()
+    difference = changed(before, field_values(model, _AUDITED_FIELDS))
+    if stored is None or difference:
+        action = "model.changed" if stored is not None else "model.registered"
+        audit_record(action=action, obj=model, changes=difference)
+    return model
+
+
+@transaction.atomic
 def model_set_pinned(*, model: ServedModel, pinned: bool) -> ServedModel:
     """Pin (never evicted where loaded) or unpin a model, on every node it is placed on."""
     audit_record(

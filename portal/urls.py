@@ -2,7 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, re_path, reverse_lazy
 
 from portal.forms import PortalPasswordResetForm
-from portal.views import account, invitations, invoices, keys, members, overview, usage
+from portal.views import account, audit, invitations, invoices, keys, members, overview, usage
 
 app_name = "portal"
 
@@ -48,4 +48,5 @@ urlpatterns = [
     path("members/invitations/<int:pk>/cancel/", members.invitation_cancel,
          name="invitation_cancel"),
     path("invitations/<str:token>/", invitations.invitation_accept, name="invitation"),
+    path("audit/", audit.audit_log, name="audit"),
 ]  # fmt: skip
