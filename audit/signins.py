@@ -7,7 +7,7 @@ each outcome is recorded in one place: `signin_record`.
 """
 
 from axes.handlers.database import AxesDatabaseHandler
-from axes.helpers import get_client_username
+from axes.helpers import get_client_username, get_failure_limit
 
 from audit.services import audit_record
 from saas_platform import actors
@@ -31,13 +31,14 @@ def signin_record(*, request, outcome: str, username: str, user=None, method: st
 
 class AuditedAxesHandler(AxesDatabaseHandler):
     def user_login_failed(self, sender, credentials: dict, request=None, **kwargs):
-        locked_before = getattr(request, "axes_locked_out", False)
         super().user_login_failed(sender, credentials, request=request, **kwargs)
         if request is None:
             return
         username = (get_client_username(request, credentials) or "")[:150]
         signin_record(request=request, outcome=FAILED, username=username)
-        if not locked_before and getattr(request, "axes_locked_out", False):
+        # The failure that reaches the limit locks out; later ones (counted on) extend it.
+        failures = getattr(request, "axes_failures_since_start", 0)
+        if failures == get_failure_limit(request, credentials):
             signin_record(request=request, outcome=LOCKED_OUT, username=username)
 
     def user_logged_in(self, sender, request, user, **kwargs):
