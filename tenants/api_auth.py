@@ -87,14 +87,18 @@ class IgnoreAcceptHeader(BaseContentNegotiation):
 
 
 def _from_drf(exc: exceptions.APIException) -> PlatformError:
-    detail = exc.detail
-    if isinstance(detail, list | dict):
-        message = "; ".join(
-            str(item) for item in (detail.values() if isinstance(detail, dict) else detail)
-        )
+    detail, param = exc.detail, None
+    if isinstance(detail, dict) and detail:
+        # A serializer's field errors: the first field is the `param`, as OpenAI names it.
+        param, messages = next(iter(detail.items()))
+        messages = messages if isinstance(messages, list) else [messages]
+        message = f"{param}: {' '.join(str(m) for m in messages)}"
+        param = None if param == "non_field_errors" else param
+    elif isinstance(detail, list | dict):
+        message = "; ".join(str(item) for item in detail)
     else:
         message = str(detail)
-    error = PlatformError(message, code=exc.default_code)
+    error = PlatformError(message, code=exc.default_code, param=param)
     error.status = exc.status_code
     error.error_type = _ERROR_TYPES.get(exc.status_code, "invalid_request_error")
     return error
