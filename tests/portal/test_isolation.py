@@ -20,6 +20,7 @@ URLS_WITHOUT_OBJECTS = {
     "", "login/", "logout/", "tenants/", "password/change/", "password/change/done/",
     "password/reset/", "password/reset/sent/", "password/reset/<uidb64>/<token>/",
     "password/reset/complete/", "keys/", "usage/", "usage.csv", "invoices/", "members/",
+    "audit/",
     # Addressed by the emailed token, for whoever holds it (tests/security/test_invitations.py).
     "invitations/<str:token>/",
 }  # fmt: skip
@@ -87,7 +88,7 @@ def test_another_tenants_objects_are_404_on_every_url(alice_client, acme, globex
 def test_pages_never_show_another_tenants_objects(alice_client, acme, globex_objects):
     services.apikey_issue(tenant=acme, name="acme key")
     for path in ("/portal/", "/portal/keys/", "/portal/usage/", "/portal/invoices/",
-                 "/portal/members/"):  # fmt: skip
+                 "/portal/members/", "/portal/audit/"):  # fmt: skip
         body = alice_client.get(path).content.decode()
         assert globex_objects["key"].display_prefix not in body, path
         assert "globex prod" not in body, path
