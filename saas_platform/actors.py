@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
 from saas_platform.addresses import client_address
 
 USER_AGENT_LENGTH = 300
@@ -76,14 +78,30 @@ def command_actor() -> Actor:
 
 class ActorMiddleware:
     """Makes the request's user (read lazily, see above) the actor of what the request changes.
-    After AuthenticationMiddleware."""
+    After AuthenticationMiddleware. Sync and async, as the middleware around it are, so it
+    adds no thread hop under ASGI."""
+
+    sync_capable = True
+    async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
 
     def __call__(self, request):
+        if self.is_async:
+            return self.__acall__(request)
         token = _current.set(lambda: of_request(request))
         try:
             return self.get_response(request)
+        finally:
+            _current.reset(token)
+
+    async def __acall__(self, request):
+        token = _current.set(lambda: of_request(request))
+        try:
+            return await self.get_response(request)
         finally:
             _current.reset(token)
