@@ -8,6 +8,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils.http import content_disposition_header
 
+from audit.services import audit_record
 from billing import exports
 from billing.invoices import InvoiceData
 
@@ -21,7 +22,14 @@ def download_headers(filename: str) -> dict[str, str]:
 
 
 def invoice_download(data: InvoiceData, fmt: str) -> HttpResponse:
-    """`fmt` is one of exports.FORMATS (the caller has checked)."""
+    """`fmt` is one of exports.FORMATS (the caller has checked). Each export is in the audit
+    log: an invoice leaving the platform is a fact its owner may need to trace."""
+    audit_record(
+        action="invoice.exported",
+        tenant=data.tenant,
+        object_repr=data.number or f"{data.tenant} {data.period:%Y-%m} ({data.status})",
+        changes={"format": (None, fmt), "period": (None, f"{data.period:%Y-%m}")},
+    )
     return HttpResponse(
         exports.EXPORTERS[fmt](data),
         content_type=exports.CONTENT_TYPES[fmt],

@@ -50,7 +50,6 @@ Usage CSV (`usage_csv_rows`): the same dialect, one row per ledger row (per requ
     cached_amount      their cost at the cached input price (part of amount)
 """
 
-import csv
 import io
 import json
 from collections.abc import Iterator
@@ -72,6 +71,7 @@ from billing import money
 from billing.invoices import InvoiceData
 from billing.models import Invoice, UsageRecord
 from saas_platform import periods
+from saas_platform.spreadsheets import SafeWriter
 
 INVOICE_COLUMNS = (
     "invoice_number", "status", "tenant", "period", "currency", "line_kind", "model",
@@ -135,32 +135,10 @@ def export_filename(data: InvoiceData, fmt: str) -> str:
     return f"{data.tenant.slug}-{data.period:%Y-%m}-{what}.{fmt}"
 
 
-# What a spreadsheet takes for the start of a formula (OWASP, "CSV Injection").
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_safe(value):
-    """A CSV cell as written: text that a spreadsheet would run as a formula gets a leading
-    single quote; numbers (int, Decimal) and other text pass unchanged."""
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
-class _SafeWriter:
-    """csv.writer whose every row goes through spreadsheet_safe: the one way CSVs are written."""
-
-    def __init__(self, out):
-        self._writer = csv.writer(out)
-
-    def writerow(self, values) -> None:
-        self._writer.writerow([spreadsheet_safe(value) for value in values])
-
-
 def invoice_csv(data: InvoiceData) -> bytes:
     """The invoice as CSV: a header row, then one row per line (columns in the module doc)."""
     out = io.StringIO()
-    writer = _SafeWriter(out)
+    writer = SafeWriter(out)
     writer.writerow(INVOICE_COLUMNS)
     invoice = [
         "" if _is_draft(data) else data.number,
@@ -372,7 +350,7 @@ EXPORTERS = {"csv": invoice_csv, "json": invoice_json, "pdf": invoice_pdf}
 
 def _csv_line(values) -> bytes:
     out = io.StringIO()
-    _SafeWriter(out).writerow(values)
+    SafeWriter(out).writerow(values)
     return out.getvalue().encode()
 
 
@@ -413,7 +391,7 @@ class _RowPrice(NamedTuple):
 def _usage_chunks(rows) -> Iterator[bytes]:
     yield _csv_line(USAGE_COLUMNS)
     out = io.StringIO()
-    writer = _SafeWriter(out)
+    writer = SafeWriter(out)
     for row in rows.iterator(chunk_size=USAGE_CHUNK_ROWS):
         (request_id, at, model, prefix, prompt, completion, status, counted, amount, currency,
          cached, input_price, cached_price) = row  # fmt: skip

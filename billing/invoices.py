@@ -18,6 +18,7 @@ from django.db.models import Count, F, Max, Sum
 from django.urls import reverse
 from django.utils import timezone
 
+from audit.services import audit_record
 from billing import credits, money
 from billing.models import (
     CreditNote,
@@ -103,10 +104,15 @@ def _lines(tenant, period: date, after_id: int, through_id: int) -> tuple[list[L
     for kind, cached_kind, rows in groups:
         sums = (
             rows.values("model_id", "price_id", "currency")
-            .annotate(n=Count("id"), inp=Sum("prompt_tokens"), out=Sum("completion_tokens"),
-                      cached=Sum("cached_tokens"), total=Sum("amount"))
+            .annotate(
+                n=Count("id"),
+                inp=Sum("prompt_tokens"),
+                out=Sum("completion_tokens"),
+                cached=Sum("cached_tokens"),
+                total=Sum("amount"),
+            )
             .order_by("model_id", "price_id")
-        )  # fmt: skip
+        )
         prices = Price.objects.in_bulk({row["price_id"] for row in sums} - {None})
         for row in sums:
             price = prices.get(row["price_id"])
@@ -176,12 +182,19 @@ def invoice_data(invoice: Invoice) -> InvoiceData:
         finalized_at=invoice.finalized_at,
         credits_applied=applied,
         lines=[
-            Line(line.kind, line.model_id, line.requests, line.input_tokens,
-                 line.output_tokens, line.input_per_million, line.output_per_million,
-                 line.amount)
+            Line(
+                line.kind,
+                line.model_id,
+                line.requests,
+                line.input_tokens,
+                line.output_tokens,
+                line.input_per_million,
+                line.output_per_million,
+                line.amount,
+            )
             for line in invoice.lines.all()
         ],
-    )  # fmt: skip
+    )
 
 
 def invoice_for(tenant, period: date) -> InvoiceData:
@@ -242,6 +255,12 @@ def invoice_close(*, tenant, period: date) -> Invoice:
     # The invoice is finalized here, once: what must follow it is sent from the closing
     # transaction (the webhook event is delivered once it commits).
     _finalized_event(invoice)
+    audit_record(
+        action="invoice.closed",
+        obj=invoice,
+        changes={"status": (None, invoice.status), "number": (None, invoice.number),
+                 "total": (None, invoice.total)},
+    )  # fmt: skip
     return invoice
 
 
@@ -334,9 +353,16 @@ def credit_note_issue(*, invoice: Invoice, amount: Decimal, reason: str) -> Cred
         )
     if not reason.strip():
         raise InvoiceError("a credit note needs a reason")
-    return CreditNote.objects.create(
+    note = CreditNote.objects.create(
         invoice=invoice,
         amount=money.round_line(amount, invoice.currency),
         reason=reason.strip(),
         number=_next_number("CN", timezone.now().year),
     )
+    audit_record(
+        action="invoice.credited",
+        obj=invoice,
+        changes={"credit_note": (None, note.number), "amount": (None, note.amount),
+                 "reason": (None, note.reason)},
+    )  # fmt: skip
+    return note

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from audit.services import audit_record
 from billing.models import Price
 from saas_platform.threads import in_db_thread
 
@@ -76,6 +77,21 @@ def price_set(
     )
     price.full_clean()
     price.save()
+    audit_record(
+        action="price.set",
+        obj=price,
+        tenant=tenant,
+        changes={
+            field: (None, getattr(price, field))
+            for field in (
+                "model_id",
+                "input_per_million",
+                "output_per_million",
+                "currency",
+                "effective_from",
+            )
+        },
+    )
     return price
 
 

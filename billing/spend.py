@@ -63,7 +63,6 @@ end
 if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return redis.call('GET', KEYS[1])
 """
-_raise_script = None
 
 
 def _redis():
@@ -92,11 +91,10 @@ def counter_set(key: str, picos: int, *, ttl: int = 0) -> None:
 
 def counter_raise(key: str, picos: int, *, ttl: int = 0) -> None:
     """Raise the counter to `picos` if it is below (never lowers it; atomic)."""
-    global _raise_script
     if settings.REDIS_URL:
-        if _raise_script is None:
-            _raise_script = _redis().register_script(_RAISE)
-        _raise_script(keys=[key], args=[max(0, picos), ttl])
+        # Registered on the process's client for REDIS_URL each time (only a SHA-1 is made):
+        # a script object is bound to the client it was made on.
+        _redis().register_script(_RAISE)(keys=[key], args=[max(0, picos), ttl])
     else:
         with _local_lock:
             _local[key] = max(_local.get(key, 0), picos)

@@ -16,7 +16,7 @@ from django.utils import timezone
 from redis.exceptions import RedisError
 
 from saas_platform import redis_clients
-from saas_platform.errors import PlatformError, RateLimited
+from saas_platform.errors import PermissionDenied, PlatformError, RateLimited
 from saas_platform.threads import in_db_thread
 from tenants import apikeys, services
 from tenants.models import ApiKey
@@ -33,6 +33,23 @@ class TooManyAuthFailures(RateLimited):
             retry_after=retry_after,
             code=self.code,
         )
+
+
+class ManageKeyRefused(PermissionDenied):
+    """A key of scope `manage` manages keys (/api/keys); it never calls models."""
+
+    code = "wrong_key_scope"
+
+    def __init__(self):
+        super().__init__(
+            "This API key may only manage keys (/api/keys); use an inference key for /v1/."
+        )
+
+
+def _inference_only(found: services.Authenticated) -> services.Authenticated:
+    if found.api_key.scope != ApiKey.Scope.INFERENCE:
+        raise ManageKeyRefused()
+    return found
 
 
 class _LocalFailures:
@@ -105,7 +122,7 @@ async def authenticate(authorization: str, address: str) -> services.Authenticat
         found = hit[1]
         # Expiry is a moment, not an event: checked on every request.
         if found.api_key.state_at(timezone.now()) == ApiKey.State.ACTIVE:
-            return found
+            return _inference_only(found)
     now_seconds = time.time()
     window = int(now_seconds // AUTH_WINDOW_SECONDS)
     if await _failures(address, window) >= settings.AUTH_FAILURES_PER_MINUTE:
@@ -121,4 +138,4 @@ async def authenticate(authorization: str, address: str) -> services.Authenticat
         if len(_recent) > _MAX_RECENT:
             _recent.clear()
         _recent[digest] = (now + ttl, found)
-    return found
+    return _inference_only(found)

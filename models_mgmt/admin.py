@@ -103,6 +103,9 @@ class ServedModelAdmin(admin.ModelAdmin):
                                                 for p in model.placements.all()))  # fmt: skip
         return format_html('<span class="admin-chips">{}</span>', chips) if chips else "—"
 
+    def save_model(self, request, obj, form, change):
+        services.model_save(model=obj)
+
     @admin.action(description="Load on the node with the most room", permissions=["change"])
     def load(self, request, queryset):
         for model in queryset:
@@ -140,6 +143,16 @@ class NodeAdmin(admin.ModelAdmin):
     readonly_fields = ["last_heartbeat", "created_at"]
     change_form_template = "admin/models_mgmt/node/change_form.html"
     Media = AdminAssets
+
+    def save_model(self, request, obj, form, change):
+        values = {field: getattr(obj, field) for field in ("name", "vram_budget_bytes", "enabled")}
+        if change:
+            placements.node_update(node=obj, **values)
+        else:
+            saved = placements.node_add(
+                name=obj.name, vram_bytes=obj.vram_budget_bytes, enabled=obj.enabled
+            )
+            obj.pk = saved.pk
 
     def get_queryset(self, request):
         placed = Placement.objects.select_related("model").order_by("model__model_id")

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from audit.services import audit_record, changed
 from models_mgmt.engines.errors import EngineError
 from models_mgmt.live import live_state
 from models_mgmt.models import Node, Placement, ServedModel
@@ -121,6 +122,12 @@ def _unload(node: Node, placement: Placement, *, reason: str) -> None:
         logger.warning("drain of %s on %s timed out; stopping it", model_id, node.name)
     _stop_engine(node, placement.model)
     live.forget(model_id, node.name)
+    audit_record(
+        action="model.evicted",
+        obj=placement.model,
+        object_repr=f"{model_id} on {node.name}",
+        changes={"node": (node.name, None), "reason": (None, reason)},
+    )
     placement.delete()
     metrics.EVICTIONS.labels(node=node.name, reason=reason).inc()
     logger.info("unloaded %s from %s (%s)", model_id, node.name, reason)
@@ -159,6 +166,12 @@ def placement_load(*, node_name: str, model_id: str, pin: bool = False) -> Place
         placement.state, placement.endpoint_url = Placement.State.READY, endpoint
         placement.loaded_at = placement.updated_at = timezone.now()
         placement.save()
+        audit_record(
+            action="model.loaded",
+            obj=model,
+            object_repr=f"{model.model_id} on {node.name}",
+            changes={"node": (None, node.name), "pinned": (None, placement.pinned)},
+        )
         live_state().publish(model.model_id, node.name, endpoint)
         metrics.LOADS.labels(node=node.name).inc()
         metrics.LOAD_SECONDS.observe(time.monotonic() - started)
@@ -227,11 +240,33 @@ def placement_reconcile(*, node_name: str, restarted: bool = False) -> list[str]
         return dropped
 
 
+_NODE_FIELDS = ("name", "vram_budget_bytes", "enabled")
+
+
 @transaction.atomic
-def node_add(*, name: str, vram_bytes: int) -> Node:
-    node = Node(name=name, vram_budget_bytes=vram_bytes)
+def node_add(*, name: str, vram_bytes: int, enabled: bool = True) -> Node:
+    node = Node(name=name, vram_budget_bytes=vram_bytes, enabled=enabled)
     node.full_clean()
     node.save()
+    after = {field: getattr(node, field) for field in _NODE_FIELDS}
+    audit_record(action="node.added", obj=node, changes=changed({}, after))
+    return node
+
+
+@transaction.atomic
+def node_update(*, node: Node, **changes) -> Node:
+    """Change a node's name, VRAM budget or whether it takes new loads."""
+    unknown = set(changes) - set(_NODE_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown node settings: {sorted(unknown)}")
+    before = Node.objects.filter(pk=node.pk).values(*_NODE_FIELDS).first() or {}
+    for field, value in changes.items():
+        setattr(node, field, value)
+    node.full_clean()
+    node.save()
+    difference = changed(before, {field: getattr(node, field) for field in _NODE_FIELDS})
+    if difference:
+        audit_record(action="node.changed", obj=node, changes=difference)
     return node
 
 

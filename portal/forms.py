@@ -200,6 +200,8 @@ class PortalSignInForm(PasswordSignInMixin, AuthenticationForm):
 
 class AdminSignInForm(PasswordSignInMixin, AdminAuthenticationForm):
     pass
+
+
 class WebhookForm(forms.Form):
     """The endpoint's fields; their rule is billing.webhooks.validate_webhook_config, applied
     by the service (its errors land on these fields)."""

@@ -4,6 +4,7 @@ from django.urls import path, re_path, reverse_lazy
 from portal.forms import PortalPasswordResetForm
 from portal.views import (
     account,
+    audit,
     credits,
     invitations,
     invoices,
@@ -68,4 +69,5 @@ urlpatterns = [
     path("webhooks/test/", webhooks.webhook_test, name="webhook_test"),
     path("webhooks/remove/", webhooks.webhook_remove, name="webhook_remove"),
     path("webhooks/alerts/", webhooks.alert_thresholds, name="alert_thresholds"),
+    path("audit/", audit.audit_log, name="audit"),
 ]  # fmt: skip

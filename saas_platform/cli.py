@@ -7,6 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import OperationalError, ProgrammingError
 
+from saas_platform import actors
 from saas_platform.errors import PlatformError
 
 
@@ -47,7 +48,9 @@ class ScriptableCommand(BaseCommand):
 
     def execute(self, *args, **options):
         try:
-            return super().execute(*args, **options)
+            # What the command changes is the audit log's `cli`, with the OS user.
+            with actors.acting_as(actors.command_actor()):
+                return super().execute(*args, **options)
         except ValidationError as error:
             raise CommandError(validation_message(error)) from None
         except PlatformError as error:  # a service refused: its message is for the user

@@ -80,6 +80,8 @@ INSTALLED_APPS = [
     "django_htmx",
     # The project package itself: shared templates, template tags (charts) and static files.
     "saas_platform",
+    # The audit log, which every app's services write to.
+    "audit",
     "tenants",
     "gateway",
     "models_mgmt",
@@ -96,6 +98,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # The request's user (or API key) is who the audit log names for what the request changes.
+    "saas_platform.actors.ActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     # request.htmx, for views that answer an in-place update with a fragment.
     "django_htmx.middleware.HtmxMiddleware",
@@ -240,7 +244,12 @@ CELERY_BEAT_SCHEDULE = {
     "events-sweep": {"task": "billing.tasks.sweep_events", "schedule": 30.0},
     # apikey.expiring events for keys that expire in WEBHOOK_KEY_EXPIRY_NOTICE_DAYS.
     "apikeys-expiring": {"task": "billing.tasks.notify_expiring_keys", "schedule": 86400.0},
+    # Delete audit rows past AUDIT_RETENTION_DAYS.
+    "audit-prune": {"task": "audit.tasks.prune_audit_log", "schedule": 3600.0},
 }
+
+# --- The audit log: how long its rows are kept (audit/services.py, pruned by beat).
+AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 400, minimum=1)
 
 # --- Usage events: optional NDJSON file each event is appended to, and recorder classes.
 USAGE_NDJSON_PATH = env_str("USAGE_NDJSON_PATH")
@@ -394,6 +403,8 @@ APIKEY_PROCESS_CACHE_SECONDS = env_float("APIKEY_PROCESS_CACHE_SECONDS", 1.0, mi
 APIKEY_ROTATION_GRACE_SECONDS = env_int("APIKEY_ROTATION_GRACE_SECONDS", 24 * 3600, minimum=0)
 # last_used_at is written at most once per this many seconds per key.
 APIKEY_LAST_USED_INTERVAL_SECONDS = env_int("APIKEY_LAST_USED_INTERVAL_SECONDS", 60, minimum=1)
+# Requests a tenant may make to /api/keys per minute (portal/api.py), all its keys together.
+KEYS_API_REQUESTS_PER_MINUTE = env_int("KEYS_API_REQUESTS_PER_MINUTE", 120, minimum=1)
 
 # --- Sign-in (the portal at /portal/ and the admin).
 LOGIN_URL = "portal:login"
@@ -413,6 +424,9 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_CLIENT_IP_CALLABLE = "saas_platform.addresses.client_address"
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "portal/locked_out.html"
+# django-axes' database handler, which also writes sign-ins, failures and lockouts to the audit
+# log (audit/signins.py).
+AXES_HANDLER = "audit.signins.AuditedAxesHandler"
 # Its start-up banner would land on every management command's stderr, where scripts expect
 # only our one-line errors; lockouts are still logged.
 AXES_VERBOSE = False
@@ -525,8 +539,9 @@ REST_FRAMEWORK = {
 # The management API's OpenAPI schema, served at /api/schema (billing/api_schema.py).
 SPECTACULAR_SETTINGS = {
     "TITLE": "Tenant management API",
-    "DESCRIPTION": "Invoices and usage of the tenant whose API key is presented. The inference "
-    "API (/v1/) has its own document, gateway/openapi.yaml.",
+    "DESCRIPTION": "Invoices, usage and API keys of the tenant whose API key is presented (a key "
+    "of scope manage for /api/keys). The inference API (/v1/) has its own document, "
+    "gateway/openapi.yaml.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": "/api/",

@@ -17,6 +17,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("portal/", include("portal.urls")),
     path("api/", include("billing.urls")),
+    path("api/", include("portal.api_urls")),
     path("metrics", metrics_view, name="metrics"),
 ]
 

@@ -68,13 +68,13 @@ class KeyStateFilter(admin.SimpleListFilter):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["display_prefix", "name", "tenant", "created_at", "last_used_at",
+    list_display = ["display_prefix", "name", "tenant", "scope", "created_at", "last_used_at",
                     "expires_at", "key_state", "monthly_budget"]  # fmt: skip
     list_select_related = ["tenant"]
-    list_filter = [KeyStateFilter, "tenant"]
+    list_filter = [KeyStateFilter, "scope", "tenant"]
     search_fields = ["prefix", "name", "tenant__slug"]
     # Never `digest`: not on the page, not in the form, not in a hidden field.
-    readonly_fields = ["display_prefix", "name", "tenant", "key_state", "created_at",
+    readonly_fields = ["display_prefix", "name", "tenant", "scope", "key_state", "created_at",
                        "expires_at", "revoked_at", "last_used_at", "replaced_by"]  # fmt: skip
     # The key's own limits are the only thing changed here, validated as the CLI and the
     # portal do (ApiKey.clean: tenants.quotas.validate_key_limits).

@@ -8,6 +8,7 @@ refusals, codes and statuses (401 `invalid_api_key`, 403 `tenant_suspended`). A 
 """
 
 from django.contrib.auth.models import AnonymousUser
+from django.core.exceptions import ValidationError
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.negotiation import BaseContentNegotiation
@@ -86,17 +87,28 @@ class IgnoreAcceptHeader(BaseContentNegotiation):
 
 
 def _from_drf(exc: exceptions.APIException) -> PlatformError:
-    detail = exc.detail
-    if isinstance(detail, list | dict):
-        message = "; ".join(
-            str(item) for item in (detail.values() if isinstance(detail, dict) else detail)
-        )
+    detail, param = exc.detail, None
+    if isinstance(detail, dict) and detail:
+        # A serializer's field errors: the first field is the `param`, as OpenAI names it.
+        param, messages = next(iter(detail.items()))
+        messages = messages if isinstance(messages, list) else [messages]
+        message = f"{param}: {' '.join(str(m) for m in messages)}"
+        param = None if param == "non_field_errors" else param
+    elif isinstance(detail, list | dict):
+        message = "; ".join(str(item) for item in detail)
     else:
         message = str(detail)
-    error = PlatformError(message, code=exc.default_code)
+    error = PlatformError(message, code=exc.default_code, param=param)
     error.status = exc.status_code
     error.error_type = _ERROR_TYPES.get(exc.status_code, "invalid_request_error")
     return error
+
+
+def _from_validation(exc: ValidationError) -> PlatformError:
+    if hasattr(exc, "message_dict"):
+        field, messages = next(iter(exc.message_dict.items()))
+        return PlatformError(" ".join(messages), param=None if field == "__all__" else field)
+    return PlatformError(" ".join(exc.messages))
 
 
 def openai_exception_handler(exc, context):
@@ -105,6 +117,8 @@ def openai_exception_handler(exc, context):
     Django's 500 handling (None), which logs it."""
     if isinstance(exc, KeyRejected | KeyRefused):
         error = exc.error
+    elif isinstance(exc, ValidationError):  # a service's validation, the one every path uses
+        error = _from_validation(exc)
     elif isinstance(exc, PlatformError):
         error = exc
     elif isinstance(exc, exceptions.APIException):

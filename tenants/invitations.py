@@ -17,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.services import audit_record
 from tenants.errors import (
     AlreadyMember,
     InvitationForSomeoneElse,
@@ -78,6 +79,11 @@ def invitation_create(
     invitation = Invitation.objects.create(
         tenant=tenant, email=email, role=role, digest=_digest(token), invited_by=invited_by
     )
+    audit_record(
+        action="member.invited",
+        obj=invitation,
+        changes={"email": (None, email), "role": (None, role)},
+    )
     logger.info("invitation to %s created (%s)", tenant.slug, invitation.pk)
     return IssuedInvitation(invitation=invitation, token=token)
 
@@ -94,10 +100,18 @@ def invitation_accept(*, invitation: Invitation, user) -> Membership:
         raise InvitationForSomeoneElse(locked.email)
     if _is_staff(user):
         raise StaffNotInvitable()
-    membership, _ = Membership.objects.get_or_create(
+    membership, created = Membership.objects.get_or_create(
         tenant=locked.tenant, user=user, defaults={"role": locked.role}
     )
     Invitation.objects.filter(pk=locked.pk).update(accepted_at=timezone.now(), accepted_by=user)
+    audit_record(
+        action="member.joined",
+        obj=membership,
+        changes={
+            "role": (None, membership.role) if created else (membership.role,) * 2,
+            "invitation": (None, locked.pk),
+        },
+    )
     logger.info("invitation to %s accepted by user %s", locked.tenant.slug, user.pk)
     return membership
 
@@ -125,4 +139,7 @@ def invitation_accept_new_account(*, invitation: Invitation, password: str) -> M
 
 @transaction.atomic
 def invitation_cancel(*, invitation: Invitation) -> None:
+    audit_record(
+        action="invitation.cancelled", obj=invitation, changes={"email": (invitation.email, None)}
+    )
     invitation.delete()

@@ -181,8 +181,15 @@ class ApiKey(models.Model):
         EXPIRED = "expired", "Expired"
         REVOKED = "revoked", "Revoked"
 
+    class Scope(models.TextChoices):
+        # Calls /v1/ (inference) and the billing API; cannot manage keys.
+        INFERENCE = "inference", "Inference"
+        # Manages the tenant's keys (/api/keys); refused on /v1/.
+        MANAGE = "manage", "Manage keys"
+
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, blank=True, validators=[validate_display_name])
+    scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.INFERENCE)
     prefix = models.CharField(max_length=PREFIX_LENGTH, unique=True, editable=False)
     # SHA-256 of the whole key; the key itself is never stored.
     digest = models.CharField(max_length=64, unique=True, editable=False)

@@ -12,9 +12,11 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
 
+from audit.services import audit_record, changed, field_values
 from saas_platform.text import validate_display_name
 from tenants import apikeys
 from tenants.errors import (
@@ -32,6 +34,18 @@ from tenants.quotas import KeyLimits, TenantConfig, validate_key_limits, validat
 logger = logging.getLogger(__name__)
 
 CONFIG_FIELDS = tuple(TenantConfig.__dataclass_fields__)
+# What a key's audit rows show (never its digest).
+# A key's own limits (tenants.quotas.KeyLimits).
+KEY_LIMIT_FIELDS = (
+    "max_concurrent_requests",
+    "max_tokens_per_minute",
+    "max_requests_per_minute",
+    "monthly_budget",
+    "model_allow_list",
+)
+_KEY_FIELDS = ("name", "scope", "expires_at", *KEY_LIMIT_FIELDS)
+# What `apikey_update` may change.
+KEY_UPDATE_FIELDS = ("name", "expires_at", *KEY_LIMIT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,8 @@ def tenant_register(*, slug: str, name: str = "", **config) -> Tenant:
     tenant = Tenant(slug=slug, name=name or slug, **config)
     _validate(tenant)
     tenant.save()
+    after = field_values(tenant, ("slug", "name", *CONFIG_FIELDS))
+    audit_record(action="tenant.created", obj=tenant, changes=changed({}, after))
     logger.info("tenant registered: %s", tenant.slug)
     return tenant
 
@@ -131,28 +147,38 @@ def tenant_update(*, tenant: Tenant, **changes) -> Tenant:
     unknown = set(changes) - set(CONFIG_FIELDS) - {"name"}
     if unknown:
         raise TypeError(f"unknown tenant settings: {sorted(unknown)}")
+    stored = Tenant.objects.filter(pk=tenant.pk).values("name", *CONFIG_FIELDS).first() or {}
     for field, value in changes.items():
         setattr(tenant, field, value)
     _validate(tenant)
     tenant.save()
+    difference = changed(stored, field_values(tenant, ("name", *CONFIG_FIELDS)))
+    if difference:
+        audit_record(action="tenant.quotas_changed", obj=tenant, changes=difference)
     _forget_keys(tenant.api_keys.all())
     return tenant
 
 
+def _set_status(tenant: Tenant, status: str) -> tuple[str, str]:
+    before = Tenant.objects.filter(pk=tenant.pk).values_list("status", flat=True).first()
+    Tenant.objects.filter(pk=tenant.pk).update(status=status)
+    tenant.status = status
+    transaction.on_commit(lambda: _forget_keys(list(tenant.api_keys.all())))
+    return before, status
+
+
 @transaction.atomic
 def tenant_suspend(*, tenant: Tenant) -> Tenant:
-    Tenant.objects.filter(pk=tenant.pk).update(status=Tenant.Status.SUSPENDED)
-    tenant.status = Tenant.Status.SUSPENDED
-    transaction.on_commit(lambda: _forget_keys(list(tenant.api_keys.all())))
+    status = _set_status(tenant, Tenant.Status.SUSPENDED)
+    audit_record(action="tenant.suspended", obj=tenant, changes={"status": status})
     logger.info("tenant suspended: %s", tenant.slug)
     return tenant
 
 
 @transaction.atomic
 def tenant_resume(*, tenant: Tenant) -> Tenant:
-    Tenant.objects.filter(pk=tenant.pk).update(status=Tenant.Status.ACTIVE)
-    tenant.status = Tenant.Status.ACTIVE
-    transaction.on_commit(lambda: _forget_keys(list(tenant.api_keys.all())))
+    status = _set_status(tenant, Tenant.Status.ACTIVE)
+    audit_record(action="tenant.resumed", obj=tenant, changes={"status": status})
     logger.info("tenant resumed: %s", tenant.slug)
     return tenant
 
@@ -177,13 +203,20 @@ def tenant_remove(*, tenant: Tenant) -> bool:
     suspended with every key revoked, so its usage and invoices keep their owner. Returns True if
     it was deleted."""
     if tenant_has_usage(tenant):
-        tenant_suspend(tenant=tenant)
+        status = _set_status(tenant, Tenant.Status.SUSPENDED)
         now = timezone.now()
         keys = list(tenant.api_keys.filter(revoked_at__isnull=True))
         ApiKey.objects.filter(pk__in=[key.pk for key in keys]).update(revoked_at=now)
         transaction.on_commit(lambda: _forget_keys(keys))
+        revoked = [key.display_prefix for key in keys]
+        audit_record(
+            action="tenant.removed",
+            obj=tenant,
+            changes={"status": status, "revoked_keys": (None, revoked)},
+        )
         return False
     keys = list(tenant.api_keys.all())
+    audit_record(action="tenant.removed", obj=tenant, changes={"deleted": (False, True)})
     tenant.delete()
     transaction.on_commit(lambda: _forget_keys(keys))
     return True
@@ -213,6 +246,12 @@ def membership_set(*, tenant: Tenant, user, role: str = Membership.Role.MEMBER) 
     membership, _ = Membership.objects.update_or_create(
         tenant=tenant, user=user, defaults={"role": role}
     )
+    if existing is None:
+        audit_record(action="member.added", obj=membership, changes={"role": (None, role)})
+    elif existing.role != role:
+        audit_record(
+            action="member.role_changed", obj=membership, changes={"role": (existing.role, role)}
+        )
     return membership
 
 
@@ -220,6 +259,7 @@ def membership_set(*, tenant: Tenant, user, role: str = Membership.Role.MEMBER) 
 def membership_remove(*, membership: Membership) -> None:
     """Take a user out of a tenant (never its last owner). Their account stays."""
     _ensure_another_owner(membership.tenant, membership)
+    audit_record(action="member.removed", obj=membership, changes={"role": (membership.role, None)})
     membership.delete()
 
 
@@ -302,26 +342,42 @@ def membership_sync_from_claims(*, user, claims: dict) -> SsoAccess:
 # --- API keys ------------------------------------------------------------------------------
 
 
-KEY_LIMIT_FIELDS = (
-    "max_concurrent_requests",
-    "max_tokens_per_minute",
-    "max_requests_per_minute",
-    "monthly_budget",
-    "model_allow_list",
-)
-
-
+@transaction.atomic
 def apikey_issue(
     *,
     tenant: Tenant,
     name: str = "",
     expires_at: datetime | None = None,
     limits: KeyLimits | None = None,
+    scope: str = ApiKey.Scope.INFERENCE,
 ) -> IssuedKey:
     """Issue a new key for the tenant, with its own `limits` if given (each at most its
-    tenant's); the plaintext is returned here once and never again."""
+    tenant's); the plaintext is returned here once and never again. `scope` `manage` makes a
+    key for /api/keys, refused on /v1/."""
+    issued = _issue(tenant=tenant, name=name, expires_at=expires_at, scope=scope,
+                    limits=limits or KeyLimits())  # fmt: skip
+    audit_record(
+        action="apikey.created",
+        obj=issued.api_key,
+        changes=changed({}, field_values(issued.api_key, _KEY_FIELDS)),
+    )
+    return issued
+
+
+def _check_expiry(expires_at: datetime | None) -> None:
+    if expires_at is None:
+        return
+    if timezone.is_naive(expires_at):
+        raise ValidationError({"expires_at": "The expiry needs a time zone."})
+
+
+def _issue(
+    *, tenant: Tenant, name: str, expires_at: datetime | None, scope: str, limits: KeyLimits
+) -> IssuedKey:
     validate_display_name(name)
-    limits = limits or KeyLimits()
+    _check_expiry(expires_at)
+    if scope not in ApiKey.Scope.values:
+        raise ValidationError({"scope": f"scope must be one of {', '.join(ApiKey.Scope.values)}"})
     validate_key_limits(limits, tenant.config)
     for _attempt in range(5):
         generated = apikeys.generate_key()
@@ -333,6 +389,7 @@ def apikey_issue(
                     prefix=generated.prefix,
                     digest=generated.digest,
                     expires_at=expires_at,
+                    scope=scope,
                     **{field: getattr(limits, field) for field in KEY_LIMIT_FIELDS},
                 )
         except IntegrityError:
@@ -343,31 +400,15 @@ def apikey_issue(
 
 
 @transaction.atomic
-def apikey_update(*, api_key: ApiKey, name: str | None = None, **limits) -> ApiKey:
-    """Change a key's name or its own limits (KEY_LIMIT_FIELDS; None removes a limit, an empty
-    allow list allows every model of its tenant), validated against its tenant's."""
-    unknown = set(limits) - set(KEY_LIMIT_FIELDS)
-    if unknown:
-        raise TypeError(f"unknown key limits: {sorted(unknown)}")
-    api_key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
-    if name is not None:
-        validate_display_name(name)
-        api_key.name = name
-    for field, value in limits.items():
-        setattr(api_key, field, value)
-    validate_key_limits(api_key.limits, api_key.tenant.config)
-    api_key.save()
-    transaction.on_commit(lambda: _forget_keys([api_key]))
-    return api_key
-
-
-@transaction.atomic
 def apikey_revoke(*, api_key: ApiKey) -> ApiKey:
     """Revoke a key at once (idempotent: a second revoke keeps the first time)."""
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
             revoked_at=api_key.revoked_at
+        )
+        audit_record(
+            action="apikey.revoked", obj=api_key, changes={"revoked_at": (None, api_key.revoked_at)}
         )
         logger.info("api key revoked: %s", api_key.display_prefix)
     transaction.on_commit(lambda: _forget_keys([api_key]))
@@ -376,25 +417,55 @@ def apikey_revoke(*, api_key: ApiKey) -> ApiKey:
 
 @transaction.atomic
 def apikey_rotate(*, api_key: ApiKey, grace: timedelta | None = None) -> IssuedKey:
-    """Issue a replacement key; the old one keeps working for the grace period
-    (APIKEY_ROTATION_GRACE_SECONDS, 24 hours by default), then expires."""
+    """Issue a replacement key, with the same name, scope and limits; the old one keeps
+    working for the grace period (APIKEY_ROTATION_GRACE_SECONDS, 24 hours by default), then
+    expires."""
     if api_key.state != ApiKey.State.ACTIVE:
         raise ValueError(f"{api_key.display_prefix} is {api_key.state}; only active keys rotate")
     if grace is None:
         grace = timedelta(seconds=settings.APIKEY_ROTATION_GRACE_SECONDS)
-    issued = apikey_issue(
-        tenant=api_key.tenant,
-        name=api_key.name,
-        expires_at=api_key.expires_at,
-        limits=api_key.limits,
-    )
+    issued = _issue(tenant=api_key.tenant, name=api_key.name, expires_at=api_key.expires_at,
+                    scope=api_key.scope, limits=api_key.limits)  # fmt: skip
+    expires_before = api_key.expires_at
     grace_end = timezone.now() + grace
     if api_key.expires_at is None or api_key.expires_at > grace_end:
         api_key.expires_at = grace_end
     api_key.replaced_by = issued.api_key
     api_key.save(update_fields=["expires_at", "replaced_by"])
+    audit_record(
+        action="apikey.rotated",
+        obj=api_key,
+        changes={
+            "expires_at": (expires_before, api_key.expires_at),
+            "replaced_by": (None, issued.api_key.display_prefix),
+        },
+    )
     transaction.on_commit(lambda: _forget_keys([api_key]))
     return issued
+
+
+@transaction.atomic
+def apikey_update(*, api_key: ApiKey, **changes) -> ApiKey:
+    """Change a key's name, expiry or its own limits (KEY_UPDATE_FIELDS: None removes a limit,
+    an empty allow list allows every model of its tenant), validated as everywhere: each limit
+    at most its tenant's."""
+    unknown = set(changes) - set(KEY_UPDATE_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown API key settings: {sorted(unknown)}")
+    if "name" in changes:
+        validate_display_name(changes["name"])
+    _check_expiry(changes.get("expires_at"))
+    api_key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
+    before = field_values(api_key, KEY_UPDATE_FIELDS)
+    for field, value in changes.items():
+        setattr(api_key, field, value)
+    api_key.full_clean()  # ApiKey.clean: tenants.quotas.validate_key_limits
+    difference = changed(before, field_values(api_key, KEY_UPDATE_FIELDS))
+    if difference:
+        api_key.save(update_fields=list(difference))
+        audit_record(action="apikey.changed", obj=api_key, changes=difference)
+        transaction.on_commit(lambda: _forget_keys([api_key]))
+    return api_key
 
 
 def _mark_used(api_key: ApiKey, now: datetime) -> None:

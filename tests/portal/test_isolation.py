@@ -21,6 +21,7 @@ URLS_WITHOUT_OBJECTS = {
     "password/reset/", "password/reset/sent/", "password/reset/<uidb64>/<token>/",
     "password/reset/complete/", "keys/", "usage/", "usage.csv", "invoices/", "members/",
     "credits/",
+    "audit/",
     # Addressed by the emailed token, for whoever holds it (tests/security/test_invitations.py).
     "invitations/<str:token>/",
     # Single sign-on: the session's own state decides (tests/portal/test_sso_browser.py).
@@ -92,7 +93,7 @@ def test_another_tenants_objects_are_404_on_every_url(alice_client, acme, globex
 def test_pages_never_show_another_tenants_objects(alice_client, acme, globex_objects):
     services.apikey_issue(tenant=acme, name="acme key")
     for path in ("/portal/", "/portal/keys/", "/portal/usage/", "/portal/invoices/",
-                 "/portal/members/"):  # fmt: skip
+                 "/portal/members/", "/portal/audit/"):  # fmt: skip
         body = alice_client.get(path).content.decode()
         assert globex_objects["key"].display_prefix not in body, path
         assert "globex prod" not in body, path

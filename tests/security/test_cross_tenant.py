@@ -90,11 +90,16 @@ def test_urls_naming_another_tenants_objects_get_404_or_the_callers_own(
 
     for path in [f"/api/invoices/{acme_invoice.number}", f"/api/invoices/{acme_invoice.pk}",
                  f"/api/tenants/{acme.slug}", f"/api/tenants/{acme.pk}/invoices",
-                 f"/api/invoices/{acme_invoice.number}/download", "/api/keys",
+                 f"/api/invoices/{acme_invoice.number}/download",
                  f"/api/invoices/2025-03.{acme_invoice.number}"]:  # fmt: skip
         response = httpx.get(f"{gateway.url}{path}", headers=headers)
         assert response.status_code == 404, (path, response.status_code)
         assert "acme" not in response.text
+    # /api/keys takes a manage key (its cross-tenant 404s: tests/portal/test_keys_api.py).
+    acme_key = acme.api_keys.first()
+    response = httpx.get(f"{gateway.url}/api/keys/{acme_key.display_prefix}", headers=headers)
+    assert response.status_code == 403
+    assert "acme" not in response.text
     # Query parameters naming the other tenant are refused as unknown, never obeyed.
     for path in [f"/api/invoices/2025-03.csv?tenant=acme&tenant_id={acme.pk}",
                  f"/api/usage.csv?tenant=acme&tenant_id={acme.pk}&api_key_prefix=sk-AbC12345",

@@ -102,6 +102,12 @@ class Command(ScriptableCommand):
         create.add_argument(
             "--expires-days", type=int, metavar="N", help="expire after N days (default: never)"
         )
+        create.add_argument(
+            "--scope",
+            choices=ApiKey.Scope.values,
+            default=ApiKey.Scope.INFERENCE,
+            help="inference (default): calls /v1/; manage: manages keys at /api/keys only",
+        )
         _limit_options(create)
         update = actions.add_parser("update", help="change a key's name or its own limits")
         update.add_argument("prefix")
@@ -139,11 +145,16 @@ class Command(ScriptableCommand):
             expires_at = timezone.now() + timedelta(days=options["expires_days"])
         limits = _limit_changes(options)
         issued = services.apikey_issue(
-            tenant=tenant, name=options["name"], expires_at=expires_at, limits=KeyLimits(**limits)
+            tenant=tenant,
+            name=options["name"],
+            expires_at=expires_at,
+            limits=KeyLimits(**limits),
+            scope=options["scope"],
         )
         expiry = issued.api_key.expires_at.isoformat() if expires_at else "never"
         self.stdout.write(
-            f"created {issued.api_key.display_prefix} for {tenant.slug} (expires: {expiry})"
+            f"created {issued.api_key.display_prefix} for {tenant.slug} "
+            f"(scope: {issued.api_key.scope}, expires: {expiry})"
         )
         self._print_secret(issued)
 
@@ -159,7 +170,9 @@ class Command(ScriptableCommand):
                 changes[field] = None
         if not changes and options["name"] is None:
             raise CommandError("nothing to update: give at least one option")
-        api_key = services.apikey_update(api_key=api_key, name=options["name"], **changes)
+        if options["name"] is not None:
+            changes["name"] = options["name"]
+        api_key = services.apikey_update(api_key=api_key, **changes)
         self.stdout.write(f"updated {api_key.display_prefix}: limits {_limits_text(api_key)}")
 
     def handle_revoke(self, options):
@@ -189,6 +202,7 @@ class Command(ScriptableCommand):
             (
                 "PREFIX",
                 "NAME",
+                "SCOPE",
                 "STATE",
                 "CREATED",
                 "EXPIRES",
@@ -203,6 +217,7 @@ class Command(ScriptableCommand):
                 (
                     key.display_prefix,
                     key.name or "-",
+                    key.scope,
                     key.state,
                     key.created_at.strftime("%Y-%m-%d %H:%M"),
                     key.expires_at.strftime("%Y-%m-%d %H:%M") if key.expires_at else "never",
