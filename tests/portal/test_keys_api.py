@@ -180,3 +180,28 @@ def test_the_api_is_rate_limited_per_tenant(client, acme, settings):
     assert [a.status_code for a in answers] == [200, 200, 429]
     assert int(answers[2]["Retry-After"]) >= 1
     assert answers[2].json()["error"]["type"] == "rate_limit_error"
+
+
+def test_a_keys_limits_are_set_shown_and_validated_as_everywhere(client, acme):
+    manage = services.apikey_issue(tenant=acme, scope=ApiKey.Scope.MANAGE).plaintext
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {manage}", "content_type": "application/json"}
+    ceiling = acme.max_concurrent_requests
+
+    created = client.post("/api/keys", {"name": "capped", "max_concurrent_requests": 1,
+                                        "monthly_budget": "2.50"}, **auth)  # fmt: skip
+    prefix = created.json()["id"]
+    changed = client.patch(f"/api/keys/{prefix}", {"max_tokens_per_minute": 500,
+                                                   "monthly_budget": None}, **auth)  # fmt: skip
+    above = client.patch(f"/api/keys/{prefix}", {"max_concurrent_requests": ceiling + 1},
+                         **auth)  # fmt: skip
+
+    assert created.status_code == 201
+    assert (created.json()["max_concurrent_requests"], created.json()["monthly_budget"]) == (
+        1, "2.50")  # fmt: skip
+    assert (changed.json()["max_tokens_per_minute"], changed.json()["monthly_budget"]) == (
+        500, None)  # fmt: skip
+    assert above.status_code == 400
+    assert above.json()["error"]["param"] == "max_concurrent_requests"
+    assert f"cannot be above its tenant's ({ceiling})" in above.json()["error"]["message"]
+    key = ApiKey.objects.get(prefix=prefix.removeprefix("sk-"))
+    assert (key.max_concurrent_requests, key.max_tokens_per_minute) == (1, 500)
