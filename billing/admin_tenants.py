@@ -40,7 +40,7 @@ class TenantAdmin(admin.ModelAdmin):
         (None, {"fields": ["slug", "name", "status", "created_at"]}),
         ("Quotas", {"fields": ["max_concurrent_requests", "max_tokens_per_minute",
                                "max_requests_per_minute", "model_allow_list",
-                               "monthly_budget"]}),
+                               "monthly_budget", "queue_weight", "max_queued_requests"]}),
     ]  # fmt: skip
     inlines = [MembershipInline, ApiKeyInline]
     actions = ["suspend", "resume"]

@@ -40,6 +40,7 @@ class UsageEvent:
     # "reported": the engine's own usage; "counted": the gateway counted the tokens itself.
     usage_source: str = "reported"
     endpoint: str = ""
+    queue_ms: int = 0  # of latency_ms, the time waited for an engine slot (the fair queue)
 
     def to_dict(self) -> dict:
         return asdict(self)

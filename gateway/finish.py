@@ -1,8 +1,8 @@
 """Step 7: finishing an admitted request, whatever its ending (success, engine error, client
 gone mid-stream), in one Redis round trip: release the lease and reconcile the token
-reservation to the real count, end the request's count in flight on its node, and append its one
-usage event to the usage stream. Recorders that are not a Redis stream get the event from the
-publisher's background thread.
+reservation to the real count, give back the engine slot (gateway.fair_queue), end the
+request's count in flight on its node, and append its one usage event to the usage stream.
+Recorders that are not a Redis stream get the event from the publisher's background thread.
 
 It runs in a task of its own, shielded from cancellation, so a client that disconnects while it
 runs cannot lose the release or the event (the slot leak peer gateways have had).
@@ -16,6 +16,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from billing.usage import publisher
 from gateway.admission import Lease
+from gateway.fair_queue import Slot
 from gateway.metering import UsageMeter
 from models_mgmt.routing import Route
 from saas_platform import metrics, redis_clients
@@ -26,7 +27,9 @@ logger = logging.getLogger(__name__)
 _finishing: set[asyncio.Task] = set()
 
 
-async def _finish(meter: UsageMeter, lease: Lease, route: Route | None, status: int) -> None:
+async def _finish(
+    meter: UsageMeter, lease: Lease, route: Route | None, status: int, slot: Slot | None
+) -> None:
     event = meter.event(status=status)
     recorders = publisher()
     recorded_by: list = []
@@ -35,6 +38,7 @@ async def _finish(meter: UsageMeter, lease: Lease, route: Route | None, status: 
         pipe = redis_clients.async_client().pipeline(transaction=False)
         released = lease.queue_release(pipe, meter.total_tokens)
         routed = route is not None and route.queue_finished(pipe)
+        freed = slot is not None and slot.queue_release(pipe)
         appended = recorders.queue_appends(pipe, event)
         try:
             results = await pipe.execute(raise_on_error=False)
@@ -46,21 +50,33 @@ async def _finish(meter: UsageMeter, lease: Lease, route: Route | None, status: 
         if results is not None:
             if released and isinstance(results[0], NoScriptError):
                 await lease.release(meter.total_tokens, again=True)  # loads the script
+            if freed:
+                slot_result = results[released + routed]
+                if isinstance(slot_result, NoScriptError):
+                    await slot.release(again=True)
+                else:
+                    slot.released_by(slot_result)
             recorded_by = [
                 recorder
-                for recorder, result in zip(appended, results[released + routed :], strict=True)
+                for recorder, result in zip(
+                    appended, results[released + routed + freed :], strict=True
+                )
                 if not isinstance(result, Exception)
             ]
     if not released:
         await lease.release(meter.total_tokens)
     if route is not None and not routed:
         await route.finished()
+    if slot is not None and not freed:
+        await slot.release()
     await recorders.publish(event, recorded_by=recorded_by)
 
 
-async def finish(meter: UsageMeter, lease: Lease, route: Route | None, *, status: int) -> None:
+async def finish(
+    meter: UsageMeter, lease: Lease, route: Route | None, *, status: int, slot: Slot | None = None
+) -> None:
     """Finish the request in a task that a cancellation of the caller cannot interrupt."""
-    task = asyncio.ensure_future(_finish(meter, lease, route, status))
+    task = asyncio.ensure_future(_finish(meter, lease, route, status, slot))
     _finishing.add(task)
     task.add_done_callback(_finishing.discard)
     # If this await is cancelled, the task goes on by itself and finishes the request.

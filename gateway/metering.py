@@ -13,7 +13,7 @@ CLIENT_CLOSED_REQUEST = 499  # the status recorded when the client went away (ng
 
 class UsageMeter:
     __slots__ = ("api_key_prefix", "completion_tokens", "endpoint", "model", "prompt_tokens",
-                 "request_id", "started", "tenant_id", "usage_source")  # fmt: skip
+                 "queue_ms", "request_id", "started", "tenant_id", "usage_source")  # fmt: skip
 
     def __init__(self, *, request_id: str, tenant_id: int, api_key_prefix: str, endpoint: str,
                  model: str):  # fmt: skip
@@ -27,6 +27,7 @@ class UsageMeter:
         self.completion_tokens = 0
         # "reported": the engine's own usage; "counted": the gateway counted the tokens itself.
         self.usage_source = "reported"
+        self.queue_ms = 0  # waiting in the model's fair queue for an engine slot
 
     @property
     def total_tokens(self) -> int:
@@ -45,4 +46,5 @@ class UsageMeter:
             status=status,
             usage_source=self.usage_source,
             endpoint=self.endpoint,
+            queue_ms=self.queue_ms,
         )

@@ -12,6 +12,7 @@ from tenants.quotas import (
     BUDGET_MAX_DIGITS,
     DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_MAX_TOKENS_PER_MINUTE,
+    DEFAULT_QUEUE_WEIGHT,
     TenantConfig,
     validate_tenant_config,
 )
@@ -44,6 +45,17 @@ class Tenant(models.Model):
         blank=True,
         help_text="In the operator's currency; empty: no budget.",
     )
+    queue_weight = models.PositiveIntegerField(
+        "weight",
+        default=DEFAULT_QUEUE_WEIGHT,
+        help_text="Share of a saturated model's engines against other waiting tenants.",
+    )
+    max_queued_requests = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Requests that may wait for a saturated model at once; empty: the "
+        "concurrency limit.",
+    )
 
     class Meta:
         ordering = ["slug"]
@@ -64,6 +76,13 @@ class Tenant(models.Model):
                 condition=Q(monthly_budget__isnull=True) | Q(monthly_budget__gte=0),
                 name="tenant_budget_not_negative",
             ),
+            models.CheckConstraint(
+                condition=Q(queue_weight__gte=1), name="tenant_queue_weight_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_queued_requests__isnull=True) | Q(max_queued_requests__gte=1),
+                name="tenant_max_queued_positive",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -81,6 +100,8 @@ class Tenant(models.Model):
             max_requests_per_minute=self.max_requests_per_minute,
             model_allow_list=list(self.model_allow_list or []),
             monthly_budget=self.monthly_budget,
+            queue_weight=self.queue_weight,
+            max_queued_requests=self.max_queued_requests,
         )
 
     def clean(self) -> None:
@@ -163,6 +184,12 @@ class ApiKey(models.Model):
         EXPIRED = "expired", "Expired"
         REVOKED = "revoked", "Revoked"
 
+    class Priority(models.TextChoices):
+        # The order among one tenant's requests waiting for a saturated model's engines.
+        HIGH = "high", "High"
+        NORMAL = "normal", "Normal"
+        LOW = "low", "Low"
+
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, blank=True, validators=[validate_display_name])
     prefix = models.CharField(max_length=PREFIX_LENGTH, unique=True, editable=False)
@@ -172,6 +199,7 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
     replaced_by = models.ForeignKey(
         "self",
         null=True,

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, IntegrityError, models, transaction
 from django.utils import timezone
 
@@ -226,10 +227,15 @@ def membership_remove(*, membership: Membership) -> None:
 
 
 def apikey_issue(
-    *, tenant: Tenant, name: str = "", expires_at: datetime | None = None
+    *,
+    tenant: Tenant,
+    name: str = "",
+    expires_at: datetime | None = None,
+    priority: str = ApiKey.Priority.NORMAL,
 ) -> IssuedKey:
     """Issue a new key for the tenant; the plaintext is returned here once and never again."""
     validate_display_name(name)
+    _validate_priority(priority)
     for _attempt in range(5):
         generated = apikeys.generate_key()
         try:
@@ -240,12 +246,30 @@ def apikey_issue(
                     prefix=generated.prefix,
                     digest=generated.digest,
                     expires_at=expires_at,
+                    priority=priority,
                 )
         except IntegrityError:
             continue  # a prefix collision (1 in 62**8): draw again
         logger.info("api key issued: %s for %s", api_key.display_prefix, tenant.slug)
         return IssuedKey(api_key=api_key, plaintext=generated.plaintext)
     raise RuntimeError("could not draw a unique API key prefix")
+
+
+def _validate_priority(priority: str) -> None:
+    if priority not in ApiKey.Priority.values:
+        choices = ", ".join(ApiKey.Priority.values)
+        raise ValidationError({"priority": f"Priority must be one of {choices}."})
+
+
+@transaction.atomic
+def apikey_update(*, api_key: ApiKey, priority: str | None = None) -> ApiKey:
+    """Change a key's settings; its cached lookups are forgotten so gateways see it at once."""
+    if priority is not None:
+        _validate_priority(priority)
+        api_key.priority = priority
+    api_key.save()
+    transaction.on_commit(lambda: _forget_keys([api_key]))
+    return api_key
 
 
 @transaction.atomic

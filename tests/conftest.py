@@ -154,6 +154,8 @@ def tenant_admin_form(**overrides) -> dict[str, str]:
         "max_requests_per_minute": "",
         "model_allow_list": "[]",
         "monthly_budget": "",
+        "queue_weight": "1",
+        "max_queued_requests": "",
         "memberships-TOTAL_FORMS": "0",
         "memberships-INITIAL_FORMS": "0",
         "api_keys-TOTAL_FORMS": "0",

@@ -26,6 +26,19 @@ class Command(ScriptableCommand):
         create.add_argument(
             "--expires-days", type=int, metavar="N", help="expire after N days (default: never)"
         )
+        create.add_argument(
+            "--priority",
+            choices=ApiKey.Priority.values,
+            default=ApiKey.Priority.NORMAL,
+            help="order among the tenant's requests waiting for a busy model (default normal)",
+        )
+        update = actions.add_parser("update", help="change a key's settings")
+        update.add_argument("prefix", help="the key's prefix as listed, e.g. sk-AbC12345")
+        update.add_argument(
+            "--priority",
+            choices=ApiKey.Priority.values,
+            help="order among the tenant's requests waiting for a busy model",
+        )
         revoke = actions.add_parser("revoke", help="revoke a key at once")
         revoke.add_argument("prefix", help="the key's prefix as listed, e.g. sk-AbC12345")
         rotate = actions.add_parser(
@@ -52,12 +65,20 @@ class Command(ScriptableCommand):
             if options["expires_days"] < 1:
                 raise CommandError("--expires-days must be at least 1")
             expires_at = timezone.now() + timedelta(days=options["expires_days"])
-        issued = services.apikey_issue(tenant=tenant, name=options["name"], expires_at=expires_at)
+        issued = services.apikey_issue(tenant=tenant, name=options["name"], expires_at=expires_at,
+                                       priority=options["priority"])  # fmt: skip
         expiry = issued.api_key.expires_at.isoformat() if expires_at else "never"
         self.stdout.write(
             f"created {issued.api_key.display_prefix} for {tenant.slug} (expires: {expiry})"
         )
         self._print_secret(issued)
+
+    def handle_update(self, options):
+        api_key = get_key(options["prefix"])
+        if options["priority"] is None:
+            raise CommandError("nothing to change: give --priority")
+        services.apikey_update(api_key=api_key, priority=options["priority"])
+        self.stdout.write(f"updated {api_key.display_prefix}: priority {api_key.priority}")
 
     def handle_revoke(self, options):
         api_key = services.apikey_revoke(api_key=get_key(options["prefix"]))
@@ -82,13 +103,14 @@ class Command(ScriptableCommand):
 
     def handle_list(self, options):
         tenant = get_tenant(options["slug"])
-        rows = [("PREFIX", "NAME", "STATE", "CREATED", "EXPIRES", "LAST USED")]
+        rows = [("PREFIX", "NAME", "STATE", "PRIORITY", "CREATED", "EXPIRES", "LAST USED")]
         for key in tenant.api_keys.all():
             rows.append(
                 (
                     key.display_prefix,
                     key.name or "-",
                     key.state,
+                    key.priority,
                     key.created_at.strftime("%Y-%m-%d %H:%M"),
                     key.expires_at.strftime("%Y-%m-%d %H:%M") if key.expires_at else "never",
                     key.last_used_at.strftime("%Y-%m-%d %H:%M") if key.last_used_at else "never",
