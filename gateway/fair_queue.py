@@ -29,10 +29,11 @@ from redis.exceptions import NoScriptError, RedisError
 from gateway.fair_queue_backends import (
     Capacity,
     FairQueueBackend,
+    QueueStats,
     RedisFairQueue,
     backend,
     local_queue,
-    redis_depth,
+    redis_stats,
 )
 from models_mgmt.models import ServedModel
 from saas_platform import metrics
@@ -277,17 +278,32 @@ async def _leave(queue: FairQueueBackend, model_id: str, waiter_id: str, capacit
         logger.exception("leaving the queue of %s failed; the entry will expire", model_id)
 
 
+def _stats(model_id: str) -> QueueStats:
+    if settings.REDIS_URL:
+        return redis_stats(settings.REDIS_URL, model_id)
+    return local_queue.stats(model_id)
+
+
+def queue_stats(model_ids) -> dict[str, dict]:
+    """Model id -> {"waiting": requests waiting now, "served": requests that went through the
+    queue, "mean_wait_ms"}: what the admin's model and node pages show (models_mgmt names this
+    function in settings, as it imports no gateway code). Blocking."""
+    stats = {}
+    for model_id in model_ids:
+        found = _stats(model_id)
+        mean = found.wait_ms / found.served if found.served else 0.0
+        stats[model_id] = {"waiting": sum(found.waiting.values()), "served": found.served,
+                           "mean_wait_ms": round(mean)}  # fmt: skip
+    return stats
+
+
 def queue_depths() -> dict[tuple[str, str], int]:
     """(model id, tenant slug) -> requests waiting now, for the models that have a capacity.
-    Blocking (the database, Redis): for /metrics and the admin."""
+    Blocking (the database, Redis): for /metrics."""
     models = ServedModel.objects.filter(max_concurrent_per_replica__isnull=False)
     depths: dict[tuple[str, int], int] = {}
     for model_id in models.values_list("model_id", flat=True):
-        if settings.REDIS_URL:
-            counts = redis_depth(settings.REDIS_URL, model_id)
-        else:
-            counts = local_queue.depth(model_id)
-        for tenant_id, count in counts.items():
+        for tenant_id, count in _stats(model_id).waiting.items():
             depths[(model_id, int(tenant_id))] = count
     slugs = dict(Tenant.objects.filter(pk__in={t for _, t in depths}).values_list("pk", "slug"))
     return {(model, slugs.get(tenant, str(tenant))): n for (model, tenant), n in depths.items()}

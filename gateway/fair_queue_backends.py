@@ -106,23 +106,38 @@ class RedisFairQueue:
         pipe.execute_command("EVALSHA", self._renew.sha, len(keys), *keys, waiter_id, lease_ms)
 
 
-def redis_depth(url: str, model_id: str) -> dict[str, int]:
-    """Waiting requests per tenant id (blocking: for /metrics and the admin, not the gateway)."""
+@dataclass(frozen=True)
+class QueueStats:
+    waiting: dict[str, int]  # tenant id -> requests waiting now
+    served: int  # requests that went through the queue so far
+    wait_ms: int  # their total wait
+
+
+def redis_stats(url: str, model_id: str) -> QueueStats:
+    """The model's queue now (blocking: for /metrics and the admin, not the gateway)."""
     client = sync_client(url)
-    flat = client.eval(DEPTH, len(_keys(model_id)), *_keys(model_id))
-    return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+    served, wait_ms, *flat = client.eval(DEPTH, len(_keys(model_id)), *_keys(model_id))
+    waiting = {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return QueueStats(waiting=waiting, served=int(served), wait_ms=int(wait_ms))
+
+
+def redis_depth(url: str, model_id: str) -> dict[str, int]:
+    """Waiting requests per tenant id."""
+    return redis_stats(url, model_id).waiting
 
 
 @dataclass
 class _Model:
     slots: dict[str, float] = field(default_factory=dict)  # holder -> expiry
-    # waiter -> (tenant, priority, seq, expiry); ordered per tenant by (priority, seq)
+    # waiter -> [tenant, priority, seq, expiry, since]; ordered per tenant by (priority, seq)
     waiting: dict[str, list] = field(default_factory=dict)
     tags: dict[str, float] = field(default_factory=dict)  # tenants with waiters
     finish: dict[str, float] = field(default_factory=dict)
     weights: dict[str, int] = field(default_factory=dict)
     virtual: float = 0.0
     seq: int = 0
+    served: int = 0
+    wait_ms: int = 0
 
 
 class LocalFairQueue:
@@ -166,7 +181,8 @@ class LocalFairQueue:
             tenant = min(state.tags, key=lambda t: (state.tags[t], t))  # ties by name, as Redis
             start = state.tags[tenant]
             head = self._tenant_waiters(state, tenant)[0]
-            del state.waiting[head]
+            state.served += 1
+            state.wait_ms += int((now - state.waiting.pop(head)[4]) * 1000)
             state.slots[head] = now + lease_s
             finish = start + 1 / state.weights.get(tenant, 1)
             state.virtual, state.finish[tenant] = start, finish
@@ -190,7 +206,8 @@ class LocalFairQueue:
                 if state.waiting or len(state.slots) >= self._capacity(model_id, capacity):
                     return Answer(-1, ahead, granted)
             state.seq += 1
-            state.waiting[waiter_id] = [tenant, PRIORITIES[priority], state.seq, now + lease_s]
+            entry = [tenant, PRIORITIES[priority], state.seq, now + lease_s, now]
+            state.waiting[waiter_id] = entry
             state.weights[tenant] = weight
             if tenant not in state.tags:
                 state.tags[tenant] = max(state.virtual, state.finish.get(tenant, 0.0))
@@ -230,14 +247,14 @@ class LocalFairQueue:
             state.slots[waiter_id] = now + lease_ms / 1000
             return True
 
-    def depth(self, model_id: str) -> dict[str, int]:
+    def stats(self, model_id: str) -> QueueStats:
         with self._lock:
             state = self._state(model_id)
             self._expire(state, time.time())
             counts: dict[str, int] = {}
             for entry in state.waiting.values():
                 counts[entry[0]] = counts.get(entry[0], 0) + 1
-            return counts
+            return QueueStats(waiting=counts, served=state.served, wait_ms=state.wait_ms)
 
 
 _backends: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, RedisFairQueue]" = (

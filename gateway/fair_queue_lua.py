@@ -6,13 +6,14 @@ cluster, so a script reads the model's ready replicas):
   live:{m}:route  HASH node -> endpoint           the ready replicas (models_mgmt.live; read)
   fq:{m}:slots    ZSET holder id -> expiry (ms)   requests holding an engine slot
   fq:{m}:wait     ZSET, all scores 0, members     the waiting requests, read by lexical range:
-                  "tenant|priority|seq|id"        one tenant's in priority, then arrival order
+                  "tenant|priority|seq|since|id"  one tenant's in priority, then arrival order
   fq:{m}:who      HASH waiter id -> its member    to find a waiter's entry by id
   fq:{m}:wexp     ZSET waiter id -> expiry (ms)   waiters' leases: a dead gateway's expire
   fq:{m}:tags     ZSET tenant -> start tag        tenants with waiters, in fair order
   fq:{m}:fin      HASH tenant -> finish tag       the tag of the tenant's last request served
   fq:{m}:wt       HASH tenant -> weight
-  fq:{m}:meta     HASH v (virtual time), seq
+  fq:{m}:meta     HASH v (virtual time), seq; served, wait_ms (requests that went through
+                  the queue and their total wait, for the admin)
 
 Start-time fair queuing over tenants (Goyal et al., 1996): a tenant that starts waiting gets the
 start tag max(v, its last finish tag); the tenant with the smallest start tag is served next,
@@ -70,6 +71,9 @@ local function dispatch(per_replica, replicated, slot_ms)
       redis.call('HDEL', who, id)
       redis.call('ZREM', wexp, id)
       redis.call('ZADD', slots, now + slot_ms, id)
+      local since = tonumber(string.match(member, '|(%d+)|[^|]+$'))
+      redis.call('HINCRBY', meta, 'served', 1)
+      redis.call('HINCRBY', meta, 'wait_ms', now - since)
       local finish = start + 1 / tonumber(redis.call('HGET', wt, tenant) or '1')
       redis.call('HSET', meta, 'v', tostring(start))
       redis.call('HSET', fin, tenant, tostring(finish))
@@ -111,7 +115,8 @@ if ahead >= max_queued then
   end
 end
 local seq = redis.call('HINCRBY', meta, 'seq', 1)
-local member = tenant .. '|' .. priority .. '|' .. string.format('%015d', seq) .. '|' .. id
+local member = tenant .. '|' .. priority .. '|' .. string.format('%015d', seq) .. '|' .. now
+  .. '|' .. id
 redis.call('ZADD', wait, 0, member)
 redis.call('HSET', who, id, member)
 redis.call('ZADD', wexp, now + lease_ms, id)
@@ -176,7 +181,8 @@ return renewed
 """
 )
 
-# No ARGV. Returns {tenant, waiting, tenant, waiting, ...} after dropping expired entries.
+# No ARGV. Returns {served, wait_ms, tenant, waiting, tenant, waiting, ...} after dropping
+# expired entries.
 DEPTH = (
     _PRELUDE
     + """
@@ -187,7 +193,8 @@ for _, member in ipairs(redis.call('ZRANGE', wait, 0, -1)) do
   if not counts[tenant] then counts[tenant] = 0; order[#order + 1] = tenant end
   counts[tenant] = counts[tenant] + 1
 end
-local flat = {}
+local flat = {tonumber(redis.call('HGET', meta, 'served') or '0'),
+              tonumber(redis.call('HGET', meta, 'wait_ms') or '0')}
 for _, tenant in ipairs(order) do flat[#flat + 1] = tenant; flat[#flat + 1] = counts[tenant] end
 return flat
 """

@@ -275,6 +275,8 @@ ADMISSION_LEASE_SECONDS = env_int("ADMISSION_LEASE_SECONDS", 15, minimum=1)
 # model's fair queue this long at most, then gets 503 engine_overloaded. Its place in the queue
 # and its engine slot are leases of ADMISSION_LEASE_SECONDS, so a dead gateway leaves neither.
 QUEUE_MAX_WAIT_SECONDS = env_float("QUEUE_MAX_WAIT_SECONDS", 30.0, minimum=0.0)
+# What the admin's model and node pages show of the queues (models_mgmt imports no gateway).
+MODEL_QUEUE_STATS = "gateway.fair_queue.queue_stats"
 # Without Redis the gateway refuses (503) by default; 1 admits without limits instead.
 ADMISSION_FAIL_OPEN = env_bool("ADMISSION_FAIL_OPEN", default=False)
 # Reserved for a request without max_tokens; the real count is reconciled at the end.
