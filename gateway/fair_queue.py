@@ -36,6 +36,7 @@ from gateway.fair_queue_backends import (
     redis_stats,
 )
 from models_mgmt.models import ServedModel
+from models_mgmt.routing import request_scale_out
 from saas_platform import metrics
 from saas_platform.errors import RateLimited, ServiceUnavailable
 from tenants.models import Tenant
@@ -201,11 +202,15 @@ def _renewer() -> _Renewer:
     return renewer
 
 
-async def _wait(queue: FairQueueBackend, model_id: str, waiter_id: str, *, tenant: Tenant,
+async def _wait(queue: FairQueueBackend, model: ServedModel, waiter_id: str, *, tenant: Tenant,
                 priority: str, capacity: Capacity) -> None:  # fmt: skip
-    """Enter the queue and return once granted a slot; raise QueueFull or EngineOverloaded."""
+    """Enter the queue and return once granted a slot; raise QueueFull or EngineOverloaded.
+    Having waited SCALE_OUT_AFTER_SECONDS, it asks for another replica of the model."""
+    model_id = model.model_id
     lease_ms = _lease_ms()
-    deadline = time.monotonic() + settings.QUEUE_MAX_WAIT_SECONDS
+    started = time.monotonic()
+    deadline = started + settings.QUEUE_MAX_WAIT_SECONDS
+    asked = False
     event = _waiters[waiter_id] = asyncio.Event()
     answer = await queue.enter(model_id, waiter_id, tenant_id=tenant.pk,
                                weight=tenant.queue_weight, priority=priority,
@@ -228,6 +233,9 @@ async def _wait(queue: FairQueueBackend, model_id: str, waiter_id: str, *, tenan
         event.clear()
         answer = await queue.poll(model_id, waiter_id, capacity=capacity, lease_ms=lease_ms)
         _wake(answer.granted)
+        if not asked and time.monotonic() - started >= settings.SCALE_OUT_AFTER_SECONDS:
+            asked = True
+            await request_scale_out(model)
     if answer.code != 1:  # waited too long, or its place expired (this process stalled)
         error = EngineOverloaded(
             f"The model '{model_id}' is at capacity and the request waited "
@@ -250,7 +258,7 @@ async def acquire(*, model: ServedModel, tenant: Tenant, priority: str,
     started = time.monotonic()
     granted = False
     try:
-        await _wait(queue, model.model_id, request_id, tenant=tenant, priority=priority,
+        await _wait(queue, model, request_id, tenant=tenant, priority=priority,
                     capacity=capacity)  # fmt: skip
         granted = True
     except (RedisError, OSError) as error:

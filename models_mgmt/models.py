@@ -80,6 +80,12 @@ class ServedModel(models.Model):
         help_text="Requests one replica (or the endpoint) serves at once; past it requests wait "
         "in the fair queue. Empty: unlimited.",
     )
+    max_replicas = models.PositiveIntegerField(
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text="Ready replicas of a process model at most: more are loaded on other nodes "
+        "while its queue holds waiters for SCALE_OUT_AFTER_SECONDS.",
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 

@@ -28,6 +28,7 @@ def model_register(
     extra_fields: list[str] | None = None,
     allow_images: bool = False,
     max_concurrent_per_replica: int | None = None,
+    max_replicas: int = 1,
 ) -> ServedModel:
     """Add a model to the catalog, or update the one with this id. `extra_fields` are request
     fields forwarded to its engine besides OpenAI's; `allow_images` accepts image_url parts."""
@@ -55,6 +56,7 @@ def model_register(
     model.extra_fields = list(extra_fields or [])
     model.allow_images = allow_images
     model.max_concurrent_per_replica = max_concurrent_per_replica
+    model.max_replicas = max_replicas
     model.enabled = True
     model.full_clean()
     model.save()

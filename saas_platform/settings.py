@@ -275,6 +275,9 @@ ADMISSION_LEASE_SECONDS = env_int("ADMISSION_LEASE_SECONDS", 15, minimum=1)
 # model's fair queue this long at most, then gets 503 engine_overloaded. Its place in the queue
 # and its engine slot are leases of ADMISSION_LEASE_SECONDS, so a dead gateway leaves neither.
 QUEUE_MAX_WAIT_SECONDS = env_float("QUEUE_MAX_WAIT_SECONDS", 30.0, minimum=0.0)
+# A process model with max_replicas > 1 gets one more replica (on another node with room)
+# once a request has waited this long in its queue.
+SCALE_OUT_AFTER_SECONDS = env_float("SCALE_OUT_AFTER_SECONDS", 10.0, minimum=0.0)
 # What the admin's model and node pages show of the queues (models_mgmt imports no gateway).
 MODEL_QUEUE_STATS = "gateway.fair_queue.queue_stats"
 # Without Redis the gateway refuses (503) by default; 1 admits without limits instead.
