@@ -237,9 +237,10 @@ async def _wait(queue: FairQueueBackend, model: ServedModel, waiter_id: str, *, 
             asked = True
             await request_scale_out(model)
     if answer.code != 1:  # waited too long, or its place expired (this process stalled)
+        waited = time.monotonic() - started
         error = EngineOverloaded(
-            f"The model '{model_id}' is at capacity and the request waited "
-            f"{settings.QUEUE_MAX_WAIT_SECONDS:g}s without an engine slot. Retry shortly."
+            f"The model '{model_id}' is at capacity and the request waited {waited:.0f}s "
+            "without an engine slot. Retry shortly."
         )
         error.retry_after = max(1, round(settings.QUEUE_MAX_WAIT_SECONDS / 10))
         raise error

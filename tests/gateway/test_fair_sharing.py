@@ -89,15 +89,21 @@ def test_a_quiet_tenant_is_served_within_a_request_time_beside_a_noisy_one(
             calm = [stream_start(c, gateways[i % 2].url, quiet.key, model, quiet_started)
                     for i in range(2)]  # fmt: skip
             calm_results = await asyncio.gather(*calm)
-            return await asyncio.gather(*loud), calm_results, scrape
+            loud_results = await asyncio.gather(*loud)
+            after = [(await c.get(f"{gateway.url}/metrics")).text for gateway in gateways]
+            return loud_results, calm_results, scrape, after
 
-    loud, calm, scrape = asyncio.run(main())
+    loud, calm, scrape, after = asyncio.run(main())
 
     quiet_delays = [first for first, _end, _id in calm]
     assert max(quiet_delays) < 2 * SERVICE_SECONDS  # not behind the 40: about one request's time
     assert max(first for first, _end, _id in loud) > 6 * SERVICE_SECONDS  # the noisy waited
     assert metric(scrape, "gateway_queue_depth", model=model, tenant="noisy") >= 20
     assert metric(scrape, "gateway_queue_depth", model=model, tenant="quiet") == 0
+    waits = {tenant: sum(metric(text, "gateway_queue_wait_seconds_count", model=model,
+                                tenant=tenant) for text in after)
+             for tenant in ("noisy", "quiet")}  # fmt: skip
+    assert waits == {"noisy": 40, "quiet": 2}  # every request's wait, on the gateway it waited in
     events = {e["request_id"]: e for e in gateways[0].events_for([r[2] for r in loud + calm])}
     assert len(events) == 42
     assert max(events[r[2]]["queue_ms"] for r in calm) < 2000 * SERVICE_SECONDS
