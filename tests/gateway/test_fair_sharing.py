@@ -282,3 +282,37 @@ def test_a_gateway_killed_with_waiters_leaves_no_entry_after_the_lease(
 
     assert queued == {str(customer.tenant.pk): 2}
     assert after == ({}, 1)  # the waiters' places expired; only the holder's slot is left
+
+
+def test_the_slot_is_given_back_when_the_client_leaves_mid_stream_and_on_an_engine_error(
+    gateways, transactional_db, fake_upstream_url
+):
+    streamed = register(fake_upstream_url, "fair-cut", 1, "chunks=100&delay=0.05")
+    failing = register(fake_upstream_url, "fair-fail", 1, "fail=500")
+    customer = make_customer(gateways[0], slug="endings", max_concurrent_requests=5)
+    body = {"model": streamed, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    headers = {"Authorization": f"Bearer {customer.key}"}
+
+    async def leave_mid_stream():
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = f"{gateways[1].url}/v1/chat/completions"
+            async with client.stream("POST", url, json=body, headers=headers) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: {"):
+                        break
+                return response.status_code, slots(streamed), leases(customer.tenant)
+
+    holding = asyncio.run(leave_mid_stream())
+    time.sleep(0.5)  # the stream was closed after its first chunk
+    left = slots(streamed), leases(customer.tenant)
+    with httpx.Client(timeout=30) as client:
+        started = time.monotonic()
+        errors = [chat(client, gateways[i % 2], customer.key, failing).status_code
+                  for i in range(3)]  # fmt: skip
+        failed_in = time.monotonic() - started
+
+    assert holding == (200, 1, 1)
+    assert left == (0, 0)
+    assert errors == [502, 502, 502]  # each in turn found the one slot free
+    assert failed_in < QUEUE_MAX_WAIT
+    assert slots(failing) == 0
