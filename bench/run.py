@@ -3,7 +3,8 @@
 Prints one markdown table and writes it to docs/benchmarks.md with the date, CPU and versions.
 Both cores are shared: the gateway (and LiteLLM's proxy, the peer) is pinned to CPU 0, the fake
 engine and the load generator to CPU 1 (taskset), for the direct, gateway and peer runs alike.
-Sections: gateway overhead against direct and LiteLLM, streams held open, admission, the ledger
+Sections: gateway overhead against direct and LiteLLM, streams held open, the fair queue (a
+quiet tenant's start delay with and without a noisy neighbour), admission, the ledger
 (bench.ledger, in its own database) and models (ResourceManager, a llama.cpp cold start); then
 the production shape (bench.production: the gateway as `make serve` runs it, with a ledger
 worker, against a 20 ms engine, the anchor bench/anchor.py and LiteLLM with 2 workers).
@@ -13,6 +14,7 @@ worker, against a 20 ms engine, the anchor bench/anchor.py and LiteLLM with 2 wo
                                                           only its part of docs/benchmarks.md
     python -m bench.run --only gateway-production --seconds 5    with 5 s points (default 20)
     python -m bench.run --only admission                  the admission rows only (printed)
+    python -m bench.run --only fair-queue                 the fair queue's rows only, printed
     ... --no-write                                        print the tables, leave the file alone
 """
 
@@ -28,6 +30,8 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+
+from bench import fair_queue
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/saas_bench")
@@ -343,6 +347,7 @@ def _overhead_section() -> tuple[str, str]:
             through = _streams(f"http://127.0.0.1:{gateway_port}/v1", key, "fake-stream", count,
                                gateway.pid)  # fmt: skip
             streams.append((count, direct, through))
+        fair = _fair_queue(f"http://127.0.0.1:{gateway_port}/v1", upstream_url)
     finally:
         peer.terminate()
         gateway.terminate()
@@ -353,7 +358,7 @@ def _overhead_section() -> tuple[str, str]:
     cold = _cold_start()
 
     lines = ["| measure | baseline | measured | ratio |", "|---|---|---|---|"]
-    lines += _gateway_rows(rows) + _stream_rows(streams)
+    lines += _gateway_rows(rows) + _stream_rows(streams) + fair_queue.rows(fair)
     lines += [
         *_admission_rows(admission),
         *_ledger_rows(ledger),
@@ -367,6 +372,33 @@ def _overhead_section() -> tuple[str, str]:
         )
     header = _versions() + f"; LiteLLM {litellm.LITELLM.split('==')[1]} ({litellm.CONFIGURATION})"
     return header, "\n".join(lines)
+
+
+def _fair_queue(gateway_url: str, upstream_url: str) -> dict:
+    quiet, noisy = fair_queue.setup(upstream_url)
+    return fair_queue.run(gateway_url, quiet, noisy)
+
+
+def _fair_queue_only() -> str:
+    """`--only fair-queue`: the fake engine and one gateway, the fair queue's rows only."""
+    upstream_port, gateway_port = 18611, 18612
+    upstream = _start([sys.executable, "-m", "tests.fakes.upstream", str(upstream_port)], "1",
+                      upstream_port)  # fmt: skip
+    server = [str(ROOT / ".venv/bin/uvicorn"), "saas_platform.asgi:application",
+              "--port", str(gateway_port), "--workers", "1", "--no-access-log",
+              "--lifespan", "off", "--log-level", "warning"]  # fmt: skip
+    gateway = _start(server, "0", gateway_port)
+    try:
+        fair = _fair_queue(f"http://127.0.0.1:{gateway_port}/v1",
+                           f"http://127.0.0.1:{upstream_port}/v1")  # fmt: skip
+    finally:
+        gateway.terminate()
+        upstream.terminate()
+    lines = ["| measure | baseline | measured | ratio |", "|---|---|---|---|"]
+    failed = (
+        f"\n\n{len(fair_queue.errors)} failed: {fair_queue.errors[:5]}" if fair_queue.errors else ""
+    )
+    return _versions() + "\n\n" + "\n".join(lines + fair_queue.rows(fair)) + failed
 
 
 PRODUCTION_MARK = "<!-- gateway-production: bench.production writes from here to the end -->"
@@ -420,7 +452,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--only",
-        choices=["gateway-production", "admission"],
+        choices=["gateway-production", "admission", "fair-queue"],
         help="run only this section (and rewrite only its part of the file)",
     )
     parser.add_argument(
@@ -451,6 +483,9 @@ def main() -> None:
             _django()
         except Exception as error:  # noqa: BLE001 - migrate or set-up failed: say so, go on
             print(f"Django is not usable, the gateway is skipped: {error}", file=sys.stderr)
+    if args.only == "fair-queue":  # printed only: docs/benchmarks.md keeps the last full run
+        print(_fair_queue_only())
+        return
     overhead = None
     if args.only is None:
         overhead = _overhead_section()

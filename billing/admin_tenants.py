@@ -42,7 +42,8 @@ class TenantAdmin(admin.ModelAdmin):
         (None, {"fields": ["slug", "name", "status", "created_at"]}),
         ("Quotas", {"fields": ["max_concurrent_requests", "max_tokens_per_minute",
                                "max_requests_per_minute", "model_allow_list",
-                               "monthly_budget", "prepaid"]}),
+                               "monthly_budget", "prepaid", "queue_weight",
+                               "max_queued_requests"]}),
         ("Sign-in", {"fields": ["sso_required"]}),
     ]  # fmt: skip
     inlines = [MembershipInline, ApiKeyInline]

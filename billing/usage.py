@@ -45,6 +45,7 @@ class UsageEvent:
     # Of the prompt tokens, those the engine served from its prompt cache (its
     # usage.prompt_tokens_details.cached_tokens), priced at the cached input price.
     cached_tokens: int = 0
+    queue_ms: int = 0  # of latency_ms, the time waited for an engine slot (the fair queue)
 
     def to_dict(self) -> dict:
         return asdict(self)

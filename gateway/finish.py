@@ -1,9 +1,9 @@
 """Step 7: finishing an admitted request, whatever its ending (success, engine error, client
 gone mid-stream), in one Redis round trip: settle its admission (release the lease, reconcile
 the token reservation to the real count, release the cost it held and add its real cost to the
-month's spend), end the request's count in flight on its node, and append its one usage event
-to the usage stream. Recorders that are not a Redis stream get the event from the
-publisher's background thread.
+month's spend), give back the engine slot (gateway.fair_queue), end the request's count in
+flight on its node, and append its one usage event to the usage stream. Recorders that are not
+a Redis stream get the event from the publisher's background thread.
 
 It runs in a task of its own, shielded from cancellation, so a client that disconnects while it
 runs cannot lose the release or the event (the slot leak peer gateways have had).
@@ -17,6 +17,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from billing.usage import publisher
 from gateway.admission import Lease
+from gateway.fair_queue import Slot
 from gateway.metering import UsageMeter
 from models_mgmt.routing import Route
 from saas_platform import metrics, redis_clients
@@ -27,16 +28,19 @@ logger = logging.getLogger(__name__)
 _finishing: set[asyncio.Task] = set()
 
 
-async def _finish(meter: UsageMeter, lease: Lease, route: Route | None, status: int) -> None:
+async def _finish(
+    meter: UsageMeter, lease: Lease, route: Route | None, status: int, slot: Slot | None
+) -> None:
     event = meter.event(status=status)
     cost = lease.cost(event.prompt_tokens, event.completion_tokens, event.cached_tokens)
     recorders = publisher()
     recorded_by: list = []
-    released = routed = False
+    released = routed = freed = False
     if settings.REDIS_URL:
         pipe = redis_clients.async_client().pipeline(transaction=False)
         released = lease.queue_settle(pipe, meter.total_tokens, cost)
         routed = route is not None and route.queue_finished(pipe)
+        freed = slot is not None and slot.queue_release(pipe)
         appended = recorders.queue_appends(pipe, event)
         try:
             results = await pipe.execute(raise_on_error=False)
@@ -48,21 +52,33 @@ async def _finish(meter: UsageMeter, lease: Lease, route: Route | None, status: 
         if results is not None:
             if released and isinstance(results[0], NoScriptError):
                 await lease.settle(meter.total_tokens, cost, again=True)  # loads the script
+            if freed:
+                slot_result = results[released + routed]
+                if isinstance(slot_result, NoScriptError):
+                    await slot.release(again=True)
+                else:
+                    slot.released_by(slot_result)
             recorded_by = [
                 recorder
-                for recorder, result in zip(appended, results[released + routed :], strict=True)
+                for recorder, result in zip(
+                    appended, results[released + routed + freed :], strict=True
+                )
                 if not isinstance(result, Exception)
             ]
     if not released:
         await lease.settle(meter.total_tokens, cost)
     if route is not None and not routed:
         await route.finished()
+    if slot is not None and not freed:
+        await slot.release()
     await recorders.publish(event, recorded_by=recorded_by)
 
 
-async def finish(meter: UsageMeter, lease: Lease, route: Route | None, *, status: int) -> None:
+async def finish(
+    meter: UsageMeter, lease: Lease, route: Route | None, *, status: int, slot: Slot | None = None
+) -> None:
     """Finish the request in a task that a cancellation of the caller cannot interrupt."""
-    task = asyncio.ensure_future(_finish(meter, lease, route, status))
+    task = asyncio.ensure_future(_finish(meter, lease, route, status, slot))
     _finishing.add(task)
     task.add_done_callback(_finishing.discard)
     # If this await is cancelled, the task goes on by itself and finishes the request.

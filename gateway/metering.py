@@ -13,7 +13,8 @@ CLIENT_CLOSED_REQUEST = 499  # the status recorded when the client went away (ng
 
 class UsageMeter:
     __slots__ = ("api_key_prefix", "cached_tokens", "completion_tokens", "endpoint", "model",
-                 "prompt_tokens", "request_id", "started", "tenant_id", "usage_source")  # fmt: skip
+                 "prompt_tokens", "queue_ms", "request_id", "started", "tenant_id",
+                 "usage_source")  # fmt: skip
 
     def __init__(self, *, request_id: str, tenant_id: int, api_key_prefix: str, endpoint: str,
                  model: str):  # fmt: skip
@@ -28,6 +29,7 @@ class UsageMeter:
         self.cached_tokens = 0  # of the prompt tokens, those the engine's prompt cache served
         # "reported": the engine's own usage; "counted": the gateway counted the tokens itself.
         self.usage_source = "reported"
+        self.queue_ms = 0  # waiting in the model's fair queue for an engine slot
 
     @property
     def total_tokens(self) -> int:
@@ -47,4 +49,5 @@ class UsageMeter:
             usage_source=self.usage_source,
             endpoint=self.endpoint,
             cached_tokens=self.cached_tokens,
+            queue_ms=self.queue_ms,
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from gateway import admission, catalog, finish, images, parsing, relay
+from gateway import admission, catalog, fair_queue, finish, images, parsing, relay
 from gateway.errors import MethodNotAllowed, ModelNotFound
 from gateway.http import EventStream, Request, send_error, send_json
 from gateway.metering import CLIENT_CLOSED_REQUEST, UsageMeter
@@ -36,6 +36,7 @@ class Admitted:
 
     meter: UsageMeter
     lease: admission.Lease
+    slot: fair_queue.Slot | None = None
     route: Route | None = None
     tally: relay.StreamTally | None = None
     finished: bool = False
@@ -46,7 +47,7 @@ class Admitted:
         self.finished = True
         if self.tally is not None:
             await self.tally.settle(self.meter)  # a stream's tokens, however far it got
-        await finish.finish(self.meter, self.lease, self.route, status=status)
+        await finish.finish(self.meter, self.lease, self.route, status=status, slot=self.slot)
 
 
 async def _check(
@@ -86,6 +87,11 @@ async def serve(request: Request, send, endpoint: Endpoint, caller: Authenticate
     admitted = Admitted(meter=meter, lease=lease)
     status = CLIENT_CLOSED_REQUEST  # unless the request gets further
     try:
+        admitted.slot = await fair_queue.acquire(model=model, tenant=tenant,
+                                                 priority=caller.api_key.priority,
+                                                 request_id=request.request_id)  # fmt: skip
+        if admitted.slot is not None:
+            meter.queue_ms = admitted.slot.queue_ms
         admitted.route = await route_request(model)
         engine = admitted.route.engine
         forwarded = relay.forwarded_body(parsed, model, bounded=lease.holds_cost)

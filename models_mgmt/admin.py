@@ -5,6 +5,9 @@ own queue) through the same calls the CLI makes; the node page shows each placem
 and refreshes it (htmx) while a load or an eviction runs, so the outcome is seen there.
 """
 
+import logging
+
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import Count, Prefetch, Q, Sum
 from django.db.models.functions import Coalesce
@@ -13,10 +16,14 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.module_loading import import_string
+from redis.exceptions import RedisError
 
 from models_mgmt import placements, services
 from models_mgmt.models import MEMORY_HOLDING_STATES, Node, Placement, ServedModel
 from models_mgmt.tasks import evict_model
+
+logger = logging.getLogger(__name__)
 
 HOLDING = sorted(MEMORY_HOLDING_STATES)
 SETTLING = {Placement.State.QUEUED, Placement.State.LOADING, Placement.State.DRAINING,
@@ -82,9 +89,27 @@ def _queue_evict(request, placement: Placement) -> None:
     messages.success(request, f"Evict of {placement.model} queued on {placement.node}.")
 
 
+def _queue_stats(model_ids) -> dict[str, dict]:
+    """The fair queue of each model now (the gateway's, named by settings.MODEL_QUEUE_STATS);
+    empty while Redis does not answer, so the page still renders."""
+    try:
+        return import_string(settings.MODEL_QUEUE_STATS)(list(model_ids))
+    except (RedisError, OSError) as error:
+        logger.warning("queue figures unavailable: %s", error)
+        return {}
+
+
+def _queue_text(stats: dict | None) -> str:
+    if not stats:
+        return "—"
+    return f"{stats['waiting']} waiting · mean wait {stats['mean_wait_ms']} ms of {stats['served']}"
+
+
 @admin.register(ServedModel)
 class ServedModelAdmin(admin.ModelAdmin):
-    list_display = ["model_id", "engine", "task", "vram_display", "pinned", "enabled", "placed"]
+    list_display = ["model_id", "engine", "task", "vram_display", "capacity", "queue", "pinned",
+                    "enabled", "placed"]  # fmt: skip
+    readonly_fields = ["queue"]
     list_filter = ["engine", "task", "enabled", "pinned"]
     search_fields = ["model_id", "upstream_model"]
     actions = ["load", "pin", "unpin"]
@@ -96,6 +121,17 @@ class ServedModelAdmin(admin.ModelAdmin):
     @admin.display(description="VRAM", ordering="vram_bytes")
     def vram_display(self, model):
         return _bytes(model.vram_bytes)
+
+    @admin.display(description="capacity", ordering="max_concurrent_per_replica")
+    def capacity(self, model):
+        per = model.max_concurrent_per_replica
+        return f"{per} per replica" if per else "unlimited"
+
+    @admin.display(description="queue (waiting now, mean wait)")
+    def queue(self, model):
+        if not model.pk or not model.max_concurrent_per_replica:
+            return "—"
+        return _queue_text(_queue_stats([model.model_id]).get(model.model_id))
 
     @admin.display(description="placements")
     def placed(self, model):
@@ -191,6 +227,10 @@ class NodeAdmin(admin.ModelAdmin):
     def _node_context(self, request, node: Node) -> dict:
         rows = list(node.placements.select_related("model").order_by("model__model_id"))
         used = sum(p.vram_bytes for p in rows if p.holds_memory)
+        queued = [p.model.model_id for p in rows if p.model.max_concurrent_per_replica]
+        queues = _queue_stats(queued) if queued else {}
+        for placement in rows:
+            placement.queue = _queue_text(queues.get(placement.model.model_id))
         # After an action the page keeps polling a while (`watch` polls), even before the
         # worker has taken the task and the placement's state has moved.
         try:

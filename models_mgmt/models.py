@@ -1,6 +1,7 @@
 import re
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -69,6 +70,21 @@ class ServedModel(models.Model):
     pinned = models.BooleanField(default=False, help_text="Never evicted once loaded.")
     keep_alive_seconds = models.PositiveIntegerField(
         default=900, help_text="Unloaded after this long without requests (0: never)."
+    )
+    # What one replica's engine serves well at once (vLLM's max_num_seqs, llama.cpp's
+    # --parallel): past it, requests wait in the gateway's fair queue instead of in the engine.
+    max_concurrent_per_replica = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Requests one replica (or the endpoint) serves at once; past it requests wait "
+        "in the fair queue. Empty: unlimited.",
+    )
+    max_replicas = models.PositiveIntegerField(
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text="Ready replicas of a process model at most: more are loaded on other nodes "
+        "while its queue holds waiters for SCALE_OUT_AFTER_SECONDS.",
     )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)

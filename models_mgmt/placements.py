@@ -307,10 +307,34 @@ def placement_request_load(*, model: ServedModel, node: Node | None = None, pin:
     return node
 
 
-def _choose_node(model: ServedModel) -> Node:
+def placement_request_scale_out(*, model: ServedModel) -> Node | None:
+    """Ask for one more replica of a `process` model whose queue has held waiters for a while,
+    on a node that does not have it yet, unless it has `max_replicas` placements already or one
+    is still on its way. Returns the node asked, or None."""
+    if model.engine != ServedModel.Engine.PROCESS:
+        return None
+    placed = Placement.objects.filter(model=model).exclude(state=Placement.State.FAILED)
+    if placed.count() >= model.max_replicas:
+        return None
+    if placed.filter(state__in=[Placement.State.QUEUED, Placement.State.LOADING]).exists():
+        return None  # one is on its way: the queue may drain once it is ready
+    having = set(Placement.objects.filter(model=model).values_list("node__name", flat=True))
+    try:
+        node = _choose_node(model, excluding=having)
+    except PlacementError:
+        return None  # no other node has room: the queue keeps its bound
+    logger.info("scaling %s out to %s", model.model_id, node.name)
+    return placement_request_load(model=model, node=node)
+
+
+def _choose_node(model: ServedModel, *, excluding: set[str] = frozenset()) -> Node:
     """The node with the most free bytes that fit the model; else the one where evicting idle,
-    unpinned models makes the most room (never one where only busy models could make it)."""
-    nodes = list(Node.objects.filter(enabled=True).prefetch_related("placements__model"))
+    unpinned models makes the most room (never one where only busy models could make it).
+    Nodes named in `excluding` are left out."""
+    nodes = list(
+        Node.objects.filter(enabled=True).exclude(name__in=excluding)
+        .prefetch_related("placements__model")
+    )  # fmt: skip
     live_nodes = [n for n in nodes if _is_live(n)] or nodes
     if not live_nodes:
         raise PlacementError("No node is available to load models.")

@@ -7,6 +7,8 @@ else answers 503 with Retry-After.
 """
 
 import asyncio
+import logging
+import math
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,6 +24,8 @@ from models_mgmt.live import live_state
 from models_mgmt.models import Placement, ServedModel
 from saas_platform import metrics
 from saas_platform.threads import in_db_thread
+
+logger = logging.getLogger(__name__)
 
 LOAD_POLL_SECONDS = 0.2
 
@@ -55,6 +59,26 @@ def _failed(model: ServedModel) -> bool:
 
 
 _load_failed = in_db_thread(_failed)
+
+# When this process last asked for a replica of each model: one ask per model per
+# SCALE_OUT_AFTER_SECONDS, however many of its requests wait.
+_scale_out_asked: dict[str, float] = {}
+_scale_out = in_db_thread(lambda model: placements.placement_request_scale_out(model=model))
+
+
+async def request_scale_out(model: ServedModel) -> None:
+    """A request for `model` has waited SCALE_OUT_AFTER_SECONDS in its queue: ask for another
+    replica if it may have one (placements.placement_request_scale_out decides)."""
+    if model.engine != ServedModel.Engine.PROCESS or model.max_replicas <= 1:
+        return
+    now = time.monotonic()
+    if now - _scale_out_asked.get(model.model_id, -math.inf) < settings.SCALE_OUT_AFTER_SECONDS:
+        return
+    _scale_out_asked[model.model_id] = now
+    try:
+        await _scale_out(model)
+    except Exception:  # the request waits on either way; the next ask may succeed
+        logger.exception("asking for a replica of %s failed", model.model_id)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ def model_register(
     keep_alive_seconds: int | None = None,
     extra_fields: list[str] | None = None,
     allow_images: bool = False,
+    max_concurrent_per_replica: int | None = None,
+    max_replicas: int = 1,
 ) -> ServedModel:
     """Add a model to the catalog, or update the one with this id. `extra_fields` are request
     fields forwarded to its engine besides OpenAI's; `allow_images` accepts image_url parts."""
@@ -59,6 +61,8 @@ def model_register(
         model.keep_alive_seconds = keep_alive_seconds
     model.extra_fields = list(extra_fields or [])
     model.allow_images = allow_images
+    model.max_concurrent_per_replica = max_concurrent_per_replica
+    model.max_replicas = max_replicas
     model.enabled = True
     model.full_clean()
     model.save()

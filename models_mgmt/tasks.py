@@ -38,7 +38,17 @@ def node_tick(node_name: str) -> None:
         last = live.last_used_ms(placement.model.model_id, node_name)
         idle = last is not None and now_ms - last > keep_alive * 1000
         if keep_alive and idle and live.in_flight(placement.model.model_id, node_name) == 0:
+            if _just_added_replica(placement):
+                continue  # no thrash: a replica added under load stays MIN_RESIDENCY_SECONDS
             placements.placement_evict(node_name=node_name, model_id=placement.model.model_id)
+
+
+def _just_added_replica(placement: Placement) -> bool:
+    others = Placement.objects.filter(model=placement.model, state=Placement.State.READY)
+    if not others.exclude(pk=placement.pk).exists() or placement.loaded_at is None:
+        return False
+    age = (timezone.now() - placement.loaded_at).total_seconds()
+    return age < settings.MIN_RESIDENCY_SECONDS
 
 
 @shared_task(ignore_result=True)

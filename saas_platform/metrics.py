@@ -103,6 +103,11 @@ USAGE_RECORDER_FAILURES = Counter(
 UPSTREAM_ERRORS = Counter("gateway_upstream_errors_total", "Engine failures by kind", ["kind"])
 LATENCY = Histogram("gateway_request_seconds", "Time from request to last byte", ["endpoint"])
 
+QUEUE_WAIT = Histogram(
+    "gateway_queue_wait_seconds",
+    "Time admitted requests waited in a model's fair queue for an engine slot",
+    ["model", "tenant"],
+)
 COLD_START_WAITS = Histogram("gateway_cold_start_wait_seconds", "Requests' waits for a load")
 # Timed in the node worker that loads: only a node worker's own registry holds it.
 LOAD_SECONDS = Histogram("models_load_seconds", "Time to load a model")

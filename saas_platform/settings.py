@@ -328,6 +328,15 @@ LEDGER_LAG_ALERT_SECONDS = env_int("LEDGER_LAG_ALERT_SECONDS", 60, minimum=1)
 # Concurrency leases expire this long after their last renewal (a killed process frees its
 # slots then); running requests renew theirs every third of it.
 ADMISSION_LEASE_SECONDS = env_int("ADMISSION_LEASE_SECONDS", 15, minimum=1)
+# A request for a model at its engines' capacity (max_concurrent_per_replica) waits in that
+# model's fair queue this long at most, then gets 503 engine_overloaded. Its place in the queue
+# and its engine slot are leases of ADMISSION_LEASE_SECONDS, so a dead gateway leaves neither.
+QUEUE_MAX_WAIT_SECONDS = env_float("QUEUE_MAX_WAIT_SECONDS", 30.0, minimum=0.0)
+# A process model with max_replicas > 1 gets one more replica (on another node with room)
+# once a request has waited this long in its queue.
+SCALE_OUT_AFTER_SECONDS = env_float("SCALE_OUT_AFTER_SECONDS", 10.0, minimum=0.0)
+# What the admin's model and node pages show of the queues (models_mgmt imports no gateway).
+MODEL_QUEUE_STATS = "gateway.fair_queue.queue_stats"
 # Without Redis the gateway refuses (503) by default; 1 admits without limits instead.
 ADMISSION_FAIL_OPEN = env_bool("ADMISSION_FAIL_OPEN", default=False)
 # Reserved for a request without max_tokens; the real count is reconciled at the end.
@@ -376,6 +385,7 @@ METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 METRICS_COLLECTORS = [
     "billing.ledger_lag.ledger_lag_collector",
     "models_mgmt.node_metrics.node_memory_collector",
+    "gateway.fair_queue.queue_depth_collector",
 ]
 READINESS_CHECKS = {"ledger": "billing.ledger_lag.ledger_readiness"}
 METRICS_ALLOWED_NETWORKS = parse_networks("METRICS_ALLOWED_IPS", METRICS_ALLOWED_IPS)

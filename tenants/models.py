@@ -12,6 +12,7 @@ from tenants.quotas import (
     BUDGET_MAX_DIGITS,
     DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_MAX_TOKENS_PER_MINUTE,
+    DEFAULT_QUEUE_WEIGHT,
     KeyLimits,
     TenantConfig,
     validate_key_limits,
@@ -55,6 +56,17 @@ class Tenant(models.Model):
         help_text="Members sign in through the identity provider only: no password sign-in and "
         "no password reset.",
     )
+    queue_weight = models.PositiveIntegerField(
+        "weight",
+        default=DEFAULT_QUEUE_WEIGHT,
+        help_text="Share of a saturated model's engines against other waiting tenants.",
+    )
+    max_queued_requests = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Requests that may wait for a saturated model at once; empty: the "
+        "concurrency limit.",
+    )
 
     class Meta:
         ordering = ["slug"]
@@ -75,6 +87,13 @@ class Tenant(models.Model):
                 condition=Q(monthly_budget__isnull=True) | Q(monthly_budget__gte=0),
                 name="tenant_budget_not_negative",
             ),
+            models.CheckConstraint(
+                condition=Q(queue_weight__gte=1), name="tenant_queue_weight_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_queued_requests__isnull=True) | Q(max_queued_requests__gte=1),
+                name="tenant_max_queued_positive",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -94,6 +113,8 @@ class Tenant(models.Model):
             monthly_budget=self.monthly_budget,
             prepaid=self.prepaid,
             sso_required=self.sso_required,
+            queue_weight=self.queue_weight,
+            max_queued_requests=self.max_queued_requests,
         )
 
     def clean(self) -> None:
@@ -187,6 +208,12 @@ class ApiKey(models.Model):
         # Manages the tenant's keys (/api/keys); refused on /v1/.
         MANAGE = "manage", "Manage keys"
 
+    class Priority(models.TextChoices):
+        # The order among one tenant's requests waiting for a saturated model's engines.
+        HIGH = "high", "High"
+        NORMAL = "normal", "Normal"
+        LOW = "low", "Low"
+
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100, blank=True, validators=[validate_display_name])
     scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.INFERENCE)
@@ -197,6 +224,7 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    priority = models.CharField(max_length=8, choices=Priority.choices, default=Priority.NORMAL)
     replaced_by = models.ForeignKey(
         "self",
         null=True,

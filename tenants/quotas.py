@@ -20,6 +20,8 @@ BUDGET_MAX_DIGITS = 14
 
 DEFAULT_MAX_CONCURRENT_REQUESTS = 8
 DEFAULT_MAX_TOKENS_PER_MINUTE = 100_000
+DEFAULT_QUEUE_WEIGHT = 1
+MAX_QUEUE_WEIGHT = 1000
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,17 @@ class TenantConfig:
     prepaid: bool = False
     # Its members sign in through the identity provider only (no password, no password reset).
     sso_required: bool = False
+    # The tenant's share of a saturated model's engines against other waiting tenants.
+    queue_weight: int = DEFAULT_QUEUE_WEIGHT
+    # Requests that may wait in a model's queue at once; None: its concurrency limit.
+    max_queued_requests: int | None = None
+
+    @property
+    def queue_bound(self) -> int:
+        """How many of the tenant's requests may wait for engines at once."""
+        if self.max_queued_requests is None:
+            return self.max_concurrent_requests
+        return self.max_queued_requests
 
     def model_allowed(self, model_id: str) -> bool:
         """An empty allow list permits every enabled model (the seed's ModelAllowed)."""
@@ -123,6 +136,15 @@ def validate_tenant_config(config: TenantConfig) -> None:
         )
         if message:
             errors["max_requests_per_minute"] = message
+    message = _positive_int_error(config.queue_weight, label="Weight")
+    if message is None and config.queue_weight > MAX_QUEUE_WEIGHT:
+        message = f"Weight must be at most {MAX_QUEUE_WEIGHT}."
+    if message:
+        errors["queue_weight"] = message
+    if config.max_queued_requests is not None:
+        message = _positive_int_error(config.max_queued_requests, label="Max queued requests")
+        if message:
+            errors["max_queued_requests"] = message
     message = _allow_list_error(config.model_allow_list)
     if message:
         errors["model_allow_list"] = message

@@ -43,9 +43,9 @@ KEY_LIMIT_FIELDS = (
     "monthly_budget",
     "model_allow_list",
 )
-_KEY_FIELDS = ("name", "scope", "expires_at", *KEY_LIMIT_FIELDS)
+_KEY_FIELDS = ("name", "scope", "priority", "expires_at", *KEY_LIMIT_FIELDS)
 # What `apikey_update` may change.
-KEY_UPDATE_FIELDS = ("name", "expires_at", *KEY_LIMIT_FIELDS)
+KEY_UPDATE_FIELDS = ("name", "priority", "expires_at", *KEY_LIMIT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -350,12 +350,13 @@ def apikey_issue(
     expires_at: datetime | None = None,
     limits: KeyLimits | None = None,
     scope: str = ApiKey.Scope.INFERENCE,
+    priority: str = ApiKey.Priority.NORMAL,
 ) -> IssuedKey:
     """Issue a new key for the tenant, with its own `limits` if given (each at most its
     tenant's); the plaintext is returned here once and never again. `scope` `manage` makes a
     key for /api/keys, refused on /v1/."""
     issued = _issue(tenant=tenant, name=name, expires_at=expires_at, scope=scope,
-                    limits=limits or KeyLimits())  # fmt: skip
+                    limits=limits or KeyLimits(), priority=priority)  # fmt: skip
     audit_record(
         action="apikey.created",
         obj=issued.api_key,
@@ -372,13 +373,20 @@ def _check_expiry(expires_at: datetime | None) -> None:
 
 
 def _issue(
-    *, tenant: Tenant, name: str, expires_at: datetime | None, scope: str, limits: KeyLimits
+    *,
+    tenant: Tenant,
+    name: str,
+    expires_at: datetime | None,
+    scope: str,
+    limits: KeyLimits,
+    priority: str = ApiKey.Priority.NORMAL,
 ) -> IssuedKey:
     validate_display_name(name)
     _check_expiry(expires_at)
     if scope not in ApiKey.Scope.values:
         raise ValidationError({"scope": f"scope must be one of {', '.join(ApiKey.Scope.values)}"})
     validate_key_limits(limits, tenant.config)
+    _validate_priority(priority)
     for _attempt in range(5):
         generated = apikeys.generate_key()
         try:
@@ -391,12 +399,19 @@ def _issue(
                     expires_at=expires_at,
                     scope=scope,
                     **{field: getattr(limits, field) for field in KEY_LIMIT_FIELDS},
+                    priority=priority,
                 )
         except IntegrityError:
             continue  # a prefix collision (1 in 62**8): draw again
         logger.info("api key issued: %s for %s", api_key.display_prefix, tenant.slug)
         return IssuedKey(api_key=api_key, plaintext=generated.plaintext)
     raise RuntimeError("could not draw a unique API key prefix")
+
+
+def _validate_priority(priority: str) -> None:
+    if priority not in ApiKey.Priority.values:
+        choices = ", ".join(ApiKey.Priority.values)
+        raise ValidationError({"priority": f"Priority must be one of {choices}."})
 
 
 @transaction.atomic
@@ -425,7 +440,8 @@ def apikey_rotate(*, api_key: ApiKey, grace: timedelta | None = None) -> IssuedK
     if grace is None:
         grace = timedelta(seconds=settings.APIKEY_ROTATION_GRACE_SECONDS)
     issued = _issue(tenant=api_key.tenant, name=api_key.name, expires_at=api_key.expires_at,
-                    scope=api_key.scope, limits=api_key.limits)  # fmt: skip
+                    scope=api_key.scope, limits=api_key.limits,
+                    priority=api_key.priority)  # fmt: skip
     expires_before = api_key.expires_at
     grace_end = timezone.now() + grace
     if api_key.expires_at is None or api_key.expires_at > grace_end:
@@ -454,6 +470,8 @@ def apikey_update(*, api_key: ApiKey, **changes) -> ApiKey:
         raise TypeError(f"unknown API key settings: {sorted(unknown)}")
     if "name" in changes:
         validate_display_name(changes["name"])
+    if "priority" in changes:
+        _validate_priority(changes["priority"])
     _check_expiry(changes.get("expires_at"))
     api_key = ApiKey.objects.select_for_update().select_related("tenant").get(pk=api_key.pk)
     before = field_values(api_key, KEY_UPDATE_FIELDS)

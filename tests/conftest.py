@@ -1,9 +1,12 @@
 """Shared fixtures: an owner tenant (acme, with alice as owner and bob as member) and an
 outsider tenant (globex, with charlie), as healthchecks names them, so isolation is tested."""
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,46 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The real gateway, engines, a browser and their fixtures, for every test folder.
 pytest_plugins = ["tests.gateway_server", "tests.browser", "tests.redis_cluster"]
+
+
+def engines_left_behind(folder: Path) -> list[int]:
+    """Live processes started for this run's tests that outlived them: engines (they carry
+    their state folder in the environment) and any process whose command names a file under
+    this run's temporary folder."""
+    left = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:  # gone, or another user's
+            continue
+        marked = [v for v in environ if v.startswith(b"ENGINE_PROCESSES_STATE_DIR=")]
+        state_dir = marked[0].partition(b"=")[2] if marked else b""
+        if state_dir.startswith(bytes(folder)) or bytes(folder) + b"/" in cmdline:
+            left.append(int(entry.name))
+    return left
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_engine_left_behind(tmp_path_factory):
+    """Fails the run if a test left an engine (or another process of its own) running: such a
+    process holds memory and ports for hours, reparented to init."""
+    folder = tmp_path_factory.getbasetemp().resolve()
+    yield
+    deadline = time.monotonic() + 10  # a stop under way (a server's graceful exit) may finish
+    while (left := engines_left_behind(folder)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    commands = []
+    for pid in left:
+        with contextlib.suppress(OSError):
+            commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" "))
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        pytest.fail(f"Tests left {len(left)} process(es) running, now killed: {commands}")
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +154,8 @@ def tenant_admin_form(**overrides) -> dict[str, str]:
         "max_requests_per_minute": "",
         "model_allow_list": "[]",
         "monthly_budget": "",
+        "queue_weight": "1",
+        "max_queued_requests": "",
         "memberships-TOTAL_FORMS": "0",
         "memberships-INITIAL_FORMS": "0",
         "api_keys-TOTAL_FORMS": "0",

@@ -148,6 +148,13 @@ class EngineProcesses:
             self._terminate(record)
             return running
 
+    def stop_all(self) -> list[str]:
+        """Stop every engine of this folder, recorded or only marked (as when a node is taken
+        out of service, or a test ends). Returns the ids of the models that were running."""
+        models = {record["model_id"] for record in self._records()}
+        models |= {model for _, _, model in self._scan() if model is not None}
+        return sorted(model for model in models if self.stop(model))
+
     def running(self) -> list[RunningEngine]:
         """The recorded engines whose process still runs and is the one started (not a later
         process given the same pid); other records are dropped. Health is not checked: an
@@ -306,14 +313,28 @@ class EngineProcesses:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, sig)
             deadline = time.monotonic() + patience
-            while self._processes(model_id, group=group):
+            while self._processes(model_id, group=group) or self._group_exists(group):
                 if time.monotonic() >= deadline:
                     break  # on to SIGKILL
                 time.sleep(_POLL_SECONDS)
             else:
-                if group is not None:
-                    self._reap(group)  # it may have exited just after the last reap
                 return  # all gone
+
+    def _group_exists(self, group: int | None) -> bool:
+        """Whether anything is left of process group `group`, zombies included. The scan skips
+        zombies, but a multi-threaded engine's leader shows as a zombie while its other threads
+        still exit (unmapping the model takes a while), and the kernel lets no one reap it
+        before they are done: the group lives on until then."""
+        if group is None:
+            return False
+        self._reap(group)
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # a later group of another user's under the same id
+            return False
+        return True
 
     def _processes(self, model_id: str, *, group: int | None = None) -> list[tuple[int, int]]:
         """(pid, process group) of the live processes of the model's engines: those in process

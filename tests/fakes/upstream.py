@@ -9,6 +9,9 @@ HTTP. Its behaviour comes from the model name the gateway forwards, as a query s
     fake?stall=3                 stream 3 chunks, then send nothing more (a mid-stream hang)
     fake?cached=4                report 4 of the prompt tokens as served from its prompt cache
                                  (usage.prompt_tokens_details.cached_tokens, as vLLM and OpenAI)
+ caps the chunks, as it caps a real engine's output.
+    fake?capacity=4              serve at most 4 requests for this model name at once; more
+                                 wait inside, in arrival order, before any byte (saturated)
 
 A request's max_tokens caps the chunks, as it caps a real engine's output.
 
@@ -112,7 +115,28 @@ async def app(scope, receive, send):
         _log(record)
 
 
+# One semaphore per model name (its whole query string), and how many requests each serves now.
+_capacity: dict[str, asyncio.Semaphore] = {}
+_serving: dict[str, int] = {}
+
+
 async def _answer(path: str, body: dict, send, gone: asyncio.Event, record: dict) -> None:
+    model = str(body.get("model", "fake"))
+    capacity = int(_options(model).get("capacity", 0))
+    if not capacity:
+        return await _serve(path, body, send, gone, record)
+    semaphore = _capacity.setdefault(model, asyncio.Semaphore(capacity))
+    async with semaphore:
+        _serving[model] = _serving.get(model, 0) + 1
+        # When it started and how many it served then, for tests of what waits where.
+        record.update(started=time.time(), serving=_serving[model])
+        try:
+            return await _serve(path, body, send, gone, record)
+        finally:
+            _serving[model] -= 1
+
+
+async def _serve(path: str, body: dict, send, gone: asyncio.Event, record: dict) -> None:
     model = body.get("model", "fake")
     options = _options(model)
     chunks, delay = int(options.get("chunks", 5)), options.get("delay", 0.0)

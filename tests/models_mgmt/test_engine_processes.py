@@ -331,3 +331,36 @@ def test_running_engine_is_a_frozen_value():
 
     with pytest.raises(FrozenInstanceError):
         engine.pid = 3
+
+
+# An engine whose main thread exits first on SIGTERM while another thread takes a while longer
+# (as a server unmapping its model does): the leader is a zombie, unreapable until the rest
+# exit, and its process group lives on meanwhile.
+SLOW_EXIT = textwrap.dedent("""
+    import ctypes, functools, http.server, os, signal, sys, threading, time
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[2])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    def slow_exit():
+        time.sleep(1.5)
+        os._exit(0)
+    def on_term(*_):
+        threading.Thread(target=slow_exit).start()
+        ctypes.CDLL(None).pthread_exit(None)  # CDLL releases the GIL: the others go on
+    signal.signal(signal.SIGTERM, on_term)
+    while True:
+        time.sleep(1)
+""")
+
+
+def test_stop_returns_only_once_the_whole_process_group_is_gone(state_dir, stand_in_dir):
+    (Path(stand_in_dir) / "engine.py").write_text(SLOW_EXIT)
+    engines = EngineProcesses(state_dir)
+    engine = engines.start("slow", "{python} {path}/engine.py {port} {path}", path=stand_in_dir)
+
+    started = time.monotonic()
+    assert engines.stop("slow") is True
+
+    assert not group_exists(engine.pid)  # not a zombie leader with threads still exiting
+    assert time.monotonic() - started >= 1.4  # it did wait for the slow thread
+    assert port_is_free(engine.port)

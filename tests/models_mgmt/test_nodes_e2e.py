@@ -6,11 +6,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
 from models_mgmt.engines.local import bundled_gguf
+from models_mgmt.engines.process import EngineProcesses
 from models_mgmt.models import Node, Placement
 from models_mgmt.placements import engine_processes, node_add
 from models_mgmt.services import model_register
@@ -51,6 +53,9 @@ def node_workers(transactional_db, node_env, tmp_path):
     for worker in workers:
         worker.terminate()
         worker.wait(timeout=30)
+    # Engines outlive their worker by design (a restarted worker finds them): stop them here.
+    for name in ("n1", "n2"):
+        EngineProcesses(Path(node_env["NODE_STATE_DIR"]) / name).stop_all()
 
 
 def test_three_models_on_two_small_nodes_load_evict_and_answer(

@@ -48,6 +48,16 @@ class Command(ScriptableCommand):
         )  # fmt: skip
         register.add_argument("--allow-images", action="store_true",
                               help="accept image_url message parts")  # fmt: skip
+        register.add_argument(
+            "--max-concurrent-per-replica", type=int, metavar="N",
+            help="requests one replica serves at once; more wait in the fair queue "
+            "(default: unlimited)",
+        )  # fmt: skip
+        register.add_argument(
+            "--max-replicas", type=int, default=1, metavar="N",
+            help="process engine: ready replicas at most, added on other nodes while the "
+            "model's queue waits (default 1)",
+        )  # fmt: skip
         actions.add_parser("list", help="list the catalog")
         load = actions.add_parser("load", help="ask a node's worker to load a model")
         load.add_argument("model_id", metavar="MODEL")
@@ -73,6 +83,8 @@ class Command(ScriptableCommand):
             keep_alive_seconds=options["keep_alive"],
             extra_fields=options["allow_fields"],
             allow_images=options["allow_images"],
+            max_concurrent_per_replica=options["max_concurrent_per_replica"],
+            max_replicas=options["max_replicas"],
         )
         self.stdout.write(f"registered {model.model_id} ({model.engine}, {model.task})")
 

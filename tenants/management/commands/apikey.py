@@ -108,11 +108,22 @@ class Command(ScriptableCommand):
             default=ApiKey.Scope.INFERENCE,
             help="inference (default): calls /v1/; manage: manages keys at /api/keys only",
         )
+        create.add_argument(
+            "--priority",
+            choices=ApiKey.Priority.values,
+            default=ApiKey.Priority.NORMAL,
+            help="order among the tenant's requests waiting for a busy model (default normal)",
+        )
         _limit_options(create)
         update = actions.add_parser("update", help="change a key's name or its own limits")
         update.add_argument("prefix")
         update.add_argument("--name", help="what the key is for")
         _limit_options(update, update=True)
+        update.add_argument(
+            "--priority",
+            choices=ApiKey.Priority.values,
+            help="order among the tenant's requests waiting for a busy model",
+        )
         update.add_argument("--no-budget", action="store_true", help="remove the key's budget")
         update.add_argument(
             "--allow-all", action="store_true", help="clear the key's allow list (its tenant's)"
@@ -150,6 +161,7 @@ class Command(ScriptableCommand):
             expires_at=expires_at,
             limits=KeyLimits(**limits),
             scope=options["scope"],
+            priority=options["priority"],
         )
         expiry = issued.api_key.expires_at.isoformat() if expires_at else "never"
         self.stdout.write(
@@ -168,12 +180,15 @@ class Command(ScriptableCommand):
         ):
             if changes.get(field) == 0:
                 changes[field] = None
+        if options["priority"] is not None:
+            changes["priority"] = options["priority"]
         if not changes and options["name"] is None:
             raise CommandError("nothing to update: give at least one option")
         if options["name"] is not None:
             changes["name"] = options["name"]
         api_key = services.apikey_update(api_key=api_key, **changes)
-        self.stdout.write(f"updated {api_key.display_prefix}: limits {_limits_text(api_key)}")
+        self.stdout.write(f"updated {api_key.display_prefix}: priority {api_key.priority}, "
+                          f"limits {_limits_text(api_key)}")  # fmt: skip
 
     def handle_revoke(self, options):
         api_key = services.apikey_revoke(api_key=get_key(options["prefix"]))
@@ -204,6 +219,7 @@ class Command(ScriptableCommand):
                 "NAME",
                 "SCOPE",
                 "STATE",
+                "PRIORITY",
                 "CREATED",
                 "EXPIRES",
                 "LAST USED",
@@ -219,6 +235,7 @@ class Command(ScriptableCommand):
                     key.name or "-",
                     key.scope,
                     key.state,
+                    key.priority,
                     key.created_at.strftime("%Y-%m-%d %H:%M"),
                     key.expires_at.strftime("%Y-%m-%d %H:%M") if key.expires_at else "never",
                     key.last_used_at.strftime("%Y-%m-%d %H:%M") if key.last_used_at else "never",

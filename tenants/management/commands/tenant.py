@@ -61,6 +61,21 @@ class Command(ScriptableCommand):
                 help="a model the tenant may use; repeat for more (default: every model)",
             )
             sub.add_argument(
+                "--weight",
+                type=int,
+                dest="queue_weight",
+                help="share of a busy model's engines against other waiting tenants"
+                + (" (default 1)" if defaults else ""),
+            )
+            sub.add_argument(
+                "--max-queued",
+                type=int,
+                dest="max_queued_requests",
+                metavar="N",
+                help="requests that may wait for a busy model at once (default: the "
+                "concurrency limit)",
+            )
+            sub.add_argument(
                 "--budget",
                 type=_decimal,
                 dest="monthly_budget",
@@ -111,6 +126,8 @@ class Command(ScriptableCommand):
             "monthly_budget",
             "prepaid",
             "sso_required",
+            "queue_weight",
+            "max_queued_requests",
         ]
         return {field: options[field] for field in fields if options.get(field) is not None}
 
