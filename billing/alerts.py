@@ -25,6 +25,7 @@ from django.db.models.functions import TruncMonth
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from audit.services import audit_record
 from billing import money
 from billing.invoices import next_month
 from billing.models import DailyUsage, SpendAlert, SpendAlertRule, UsageRecord
@@ -156,13 +157,26 @@ def alert_thresholds_set(
     scope_ref: str = "",
 ) -> None:  # fmt: skip
     """Set the tenant's thresholds for a scope; None goes back to SPEND_ALERT_THRESHOLDS."""
+    rules = SpendAlertRule.objects.filter(tenant=tenant, scope=scope, scope_ref=scope_ref)
+    existing = rules.first()
+    before = list(existing.thresholds) if existing else None
     if thresholds is None:
-        SpendAlertRule.objects.filter(tenant=tenant, scope=scope, scope_ref=scope_ref).delete()
-        return
-    SpendAlertRule.objects.update_or_create(
-        tenant=tenant, scope=scope, scope_ref=scope_ref,
-        defaults={"thresholds": validate_thresholds(thresholds)},
-    )  # fmt: skip
+        rules.delete()
+        after = None
+    else:
+        after = validate_thresholds(thresholds)
+        SpendAlertRule.objects.update_or_create(
+            tenant=tenant, scope=scope, scope_ref=scope_ref, defaults={"thresholds": after},
+        )  # fmt: skip
+    if before != after:
+        audit_record(
+            action="alerts.thresholds_changed",
+            obj=tenant,
+            changes={
+                "thresholds": (before, after),
+                "scope": (None, f"{scope} {scope_ref}".strip()),
+            },
+        )
 
 
 def alert_thresholds_for(tenant, scope: str = SpendAlert.Scope.TENANT_BUDGET) -> list[int]:

@@ -24,6 +24,7 @@ from django.db.models import DecimalField, Exists, Max, Min, OuterRef, Q, Sum, V
 from django.db.models.functions import Coalesce, TruncMonth
 from django.utils import timezone
 
+from audit.services import audit_record
 from billing import money, spend
 from billing.models import CreditEntry, UsageRecord
 from tenants.models import Tenant
@@ -172,6 +173,16 @@ def credits_grant(*, tenant: Tenant, amount, reason: str, expires=None, actor: s
         actor=actor[:150],
     )
     _sync_counters(tenant.pk)
+    audit_record(
+        action="credits.granted",
+        obj=grant,
+        tenant=tenant,
+        changes={
+            "amount": (None, grant.amount),
+            "reason": (None, grant.reason),
+            "expires_at": (None, grant.expires_at),
+        },
+    )
     return grant
 
 

@@ -24,6 +24,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.services import audit_record
 from billing.models import WebhookDelivery, WebhookEndpoint
 from saas_platform.addresses import is_public_address
 from tenants.models import ApiKey
@@ -117,16 +118,33 @@ def webhook_endpoint_set(*, tenant, url: str, event_types: list[str]) -> IssuedE
         endpoint = WebhookEndpoint.objects.create(
             tenant=tenant, url=config.url, event_types=config.event_types, secret=_new_secret()
         )
+        audit_record(
+            action="webhook.created",
+            obj=endpoint,
+            tenant=tenant,
+            changes={"url": (None, endpoint.url), "event_types": (None, endpoint.event_types)},
+        )
         return IssuedEndpoint(endpoint=endpoint, secret=endpoint.secret)
+    before = {"url": endpoint.url, "event_types": endpoint.event_types, "enabled": endpoint.enabled}
     endpoint.url, endpoint.event_types = config.url, config.event_types
     endpoint.enabled, endpoint.disabled_at, endpoint.failing_since = True, None, None
     endpoint.save()
+    after = {"url": endpoint.url, "event_types": endpoint.event_types, "enabled": True}
+    changes = {name: (before[name], after[name]) for name in after if before[name] != after[name]}
+    if changes:
+        audit_record(action="webhook.changed", obj=endpoint, tenant=tenant, changes=changes)
     return None
 
 
 @transaction.atomic
 def webhook_endpoint_remove(*, tenant) -> None:
-    WebhookEndpoint.objects.filter(tenant=tenant).delete()
+    endpoint = WebhookEndpoint.objects.filter(tenant=tenant).first()
+    if endpoint is None:
+        return
+    audit_record(
+        action="webhook.removed", obj=endpoint, tenant=tenant, changes={"url": (endpoint.url, None)}
+    )
+    endpoint.delete()
 
 
 @transaction.atomic
@@ -137,6 +155,13 @@ def webhook_secret_roll(*, endpoint: WebhookEndpoint) -> str:
     endpoint.previous_secret_expires_at = timezone.now() + ROLL_OVERLAP
     endpoint.secret = _new_secret()
     endpoint.save()
+    # Never the secrets themselves: when the old one stops signing.
+    audit_record(
+        action="webhook.rolled",
+        obj=endpoint,
+        tenant=endpoint.tenant,
+        changes={"previous_until": (None, endpoint.previous_secret_expires_at)},
+    )
     return endpoint.secret
 
 
@@ -206,6 +231,12 @@ def webhook_delivery_resend(*, delivery: WebhookDelivery) -> WebhookDelivery:
     """Send a delivery again (staff's resend): the same event id and body, due now."""
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
         state=WebhookDelivery.State.PENDING, next_attempt_at=timezone.now()
+    )
+    audit_record(
+        action="webhook.resent",
+        obj=delivery,
+        tenant=delivery.endpoint.tenant,
+        changes={"state": (delivery.state, WebhookDelivery.State.PENDING)},
     )
     transaction.on_commit(lambda: _enqueue(delivery.pk))
     return delivery

@@ -321,19 +321,39 @@ def membership_sync_from_claims(*, user, claims: dict) -> SsoAccess:
     }
     for slug, membership in current.items():
         if slug not in tenants:
+            audit_record(
+                action="member.removed",
+                obj=membership,
+                changes={"role": (membership.role, None), "by": (None, "sso")},
+            )
             membership.delete()
     memberships = []
     for slug, tenant in sorted(tenants.items()):
         membership = current.get(slug)
         if membership is None:
             membership = Membership.objects.create(tenant=tenant, user=user, role=wanted[slug])
+            audit_record(
+                action="member.added",
+                obj=membership,
+                changes={"role": (None, membership.role), "by": (None, "sso")},
+            )
         elif membership.role != wanted[slug]:
             Membership.objects.filter(pk=membership.pk).update(role=wanted[slug])
+            audit_record(
+                action="member.role_changed",
+                obj=membership,
+                changes={"role": (membership.role, wanted[slug]), "by": (None, "sso")},
+            )
             membership.role = wanted[slug]
         memberships.append(membership)
     if settings.OIDC_STAFF_GROUP:
         staff = settings.OIDC_STAFF_GROUP in _claim_values(claims)
         if (user.is_staff, user.is_superuser) != (staff, staff):
+            audit_record(
+                action="user.staff_changed",
+                obj=user,
+                changes={"is_staff": (user.is_staff, staff), "by": (None, "sso")},
+            )
             user.is_staff = user.is_superuser = staff
             user.save(update_fields=["is_staff", "is_superuser"])
     return SsoAccess(memberships=memberships, is_staff=user.is_staff)

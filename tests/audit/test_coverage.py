@@ -15,9 +15,9 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import SECRET_WORDS
-from billing import downloads, invoices, pricing
+from billing import alerts, credits, downloads, invoices, pricing, webhooks
 from billing.invoices import invoice_data, month_start
-from billing.models import Invoice
+from billing.models import Invoice, WebhookDelivery, WebhookEndpoint
 from models_mgmt import placements
 from models_mgmt import services as models_services
 from models_mgmt.models import ServedModel
@@ -26,7 +26,8 @@ from tenants import invitations
 from tenants import services as tenant_services
 from tenants.models import Membership
 
-SERVICE_MODULES = [tenant_services, invitations, pricing, invoices, models_services, placements]
+SERVICE_MODULES = [tenant_services, invitations, pricing, invoices, models_services, placements,
+                   credits, webhooks, alerts]  # fmt: skip
 
 # State-changing functions that write no row of their own, and why.
 EXEMPT = {
@@ -36,6 +37,18 @@ EXEMPT = {
     "node_heartbeat": "liveness, every few seconds",
     "placement_measure": "measured memory, every tick",
     "withdraw_silent_nodes": "routing follows liveness; nothing is changed by anyone",
+    "invoices_close_month": "closes each tenant's month through invoice_close, which records it",
+    "placement_request_scale_out": "queues a load; placement_load, which does it, records it",
+    "validate_price": "a check; price_set records the price",
+    "validate_credit_grant": "a check; credits_grant records the grant",
+    "credits_draw": "the ledger's draw-down of stored usage, with every batch",
+    "credits_lapse_expired": "expired grants lapse by their own terms (beat), as a ledger row",
+    "credits_reconcile": "Redis counters from the credit ledger",
+    "webhook_event_emit": "an event about a change that is recorded where it is made",
+    "webhook_test_send": "sends a test event; nothing is changed",
+    "apikeys_expiring_notify": "events about keys about to expire (beat)",
+    "alert_email_send": "the email of an alert (the alert is the ledger's)",
+    "alerts_unemailed": "a read",
 }
 
 ACTOR = Actor(kind="user", name="auditor", user_id=None, address="203.0.113.7",
@@ -86,6 +99,16 @@ def _with_node_and_model(world):
 def _loaded(world):
     _with_node_and_model(world)
     placements.placement_load(node_name="gpu-a", model_id="smol")
+
+
+def _with_endpoint(world):
+    webhooks.webhook_endpoint_set(tenant=world.acme, url="https://hooks.example.com/x",
+                                  event_types=[])  # fmt: skip
+
+
+def _with_delivery(world):
+    _with_endpoint(world)
+    webhooks.webhook_test_send(tenant=world.acme)
 
 
 def _edited_model(world):
@@ -168,6 +191,29 @@ CASES = [
     Case("node_update", "node.changed", ("vram_budget_bytes",),
          lambda w: placements.node_update(node=w.node, vram_budget_bytes=2 * 10**9),
          arrange=_with_node_and_model),
+    Case("credits_grant", "credits.granted", ("amount", "reason", "expires_at"),
+         lambda w: credits.credits_grant(tenant=w.acme, amount=Decimal("5"), reason="trial")),
+    Case("webhook_endpoint_set", "webhook.created", ("url", "event_types"),
+         lambda w: webhooks.webhook_endpoint_set(tenant=w.acme, url="https://hooks.example.com/x",
+                                                 event_types=[])),
+    Case("webhook_endpoint_set", "webhook.changed", ("url",),
+         lambda w: webhooks.webhook_endpoint_set(tenant=w.acme, url="https://hooks.example.com/y",
+                                                 event_types=[]),
+         arrange=_with_endpoint),
+    Case("webhook_endpoint_remove", "webhook.removed", ("url",),
+         lambda w: webhooks.webhook_endpoint_remove(tenant=w.acme), arrange=_with_endpoint),
+    Case("webhook_secret_roll", "webhook.rolled", ("previous_until",),
+         lambda w: webhooks.webhook_secret_roll(
+             endpoint=WebhookEndpoint.objects.get(tenant=w.acme)),
+         arrange=_with_endpoint),
+    Case("webhook_delivery_resend", "webhook.resent", ("state",),
+         lambda w: webhooks.webhook_delivery_resend(delivery=WebhookDelivery.objects.get()),
+         arrange=_with_delivery),
+    Case("alert_thresholds_set", "alerts.thresholds_changed", ("thresholds",),
+         lambda w: alerts.alert_thresholds_set(tenant=w.acme, thresholds=[25, 90])),
+    Case("membership_sync_from_claims", "member.added", ("role",),
+         lambda w: tenant_services.membership_sync_from_claims(
+             user=w.dave, claims={"groups": ["tenant:acme:member"]})),
 ]  # fmt: skip
 
 
