@@ -26,7 +26,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from audit.services import audit_record
-from billing import money
+from billing import credits, money
 from billing.invoices import next_month
 from billing.models import DailyUsage, SpendAlert, SpendAlertRule, UsageRecord
 from billing.webhook_delivery import owners_email
@@ -189,12 +189,16 @@ def _reached(measure: Measure, thresholds: list[int]) -> list[int]:
 
 
 def alerts_check(pairs: Iterable[tuple[int, date]]) -> list[SpendAlert]:
-    """Fire the thresholds reached for these (tenant, month) pairs and not fired yet; return
-    the alerts made now. Those fired already are read in one query, so a tenant past its
-    budget costs a batch nothing more."""
+    """Fire the thresholds reached for these (tenant, month) pairs and not fired yet, and the
+    low-balance alerts of their prepaid tenants; return the alerts made now. Those fired
+    already are read in one query, so a tenant past its budget costs a batch nothing more."""
     pairs = set(pairs)
     if not pairs:
         return []
+    return _budget_alerts(pairs) + _balance_alerts({tenant_id for tenant_id, _p in pairs})
+
+
+def _budget_alerts(pairs: set[tuple[int, date]]) -> list[SpendAlert]:
     measures = [measure for rule in SCOPES for measure in rule(pairs)]
     if not measures:
         return []
@@ -224,6 +228,43 @@ def alerts_check(pairs: Iterable[tuple[int, date]]) -> list[SpendAlert]:
             if alert is not None:
                 made.append(alert)
     return made
+
+
+def _balance_alerts(tenant_ids: set[int]) -> list[SpendAlert]:
+    """A prepaid tenant whose credit balance is at or below one of CREDIT_BALANCE_ALERTS
+    (amounts of the currency) gets `credits.balance_low` once per crossing: the alert names the
+    latest grant (`scope_ref`), so a top-up lets each threshold fire again."""
+    made = []
+    for tenant in Tenant.objects.filter(pk__in=tenant_ids, prepaid=True):
+        latest = credits.latest_grant(tenant)
+        if latest is None:
+            continue
+        balance = credits.credits_balance(tenant).balance
+        period = latest.created_at.astimezone(UTC).date()
+        for threshold in settings.CREDIT_BALANCE_ALERTS:
+            if balance <= threshold:
+                alert = _fire_balance(tenant, latest, period, threshold, balance)
+                if alert is not None:
+                    made.append(alert)
+    return made
+
+
+@transaction.atomic
+def _fire_balance(tenant, grant, period: date, threshold: int, balance) -> SpendAlert | None:
+    currency = settings.BILLING_CURRENCY
+    alert, created = SpendAlert.objects.get_or_create(
+        tenant=tenant, scope=SpendAlert.Scope.CREDIT_BALANCE, scope_ref=f"grant-{grant.pk}",
+        period=period,
+        threshold=threshold, defaults={"spend": balance, "budget": threshold, "currency": currency},
+    )  # fmt: skip
+    if not created:
+        return None
+    data = {"threshold": str(threshold), "balance": str(money.round_line(balance, currency)),
+            "currency": currency, "since": period.isoformat()}  # fmt: skip
+    webhook_event_emit(tenant=tenant, event_type="credits.balance_low", data=data)
+    transaction.on_commit(lambda: _enqueue_email(alert.pk))
+    logger.info("credit balance alert: %s", alert)
+    return alert
 
 
 @transaction.atomic
@@ -272,6 +313,9 @@ def alert_email_send(*, alert_id: int) -> bool:
         f"{tenant.name or tenant.slug} has used {alert.threshold}% of {whose} "
         f"{alert.period:%B %Y} budget"
     )
+    if alert.scope == SpendAlert.Scope.CREDIT_BALANCE:
+        subject = (f"{tenant.name or tenant.slug}'s prepaid credits are down to "
+                   f"{money.round_line(alert.spend, alert.currency)} {alert.currency}")  # fmt: skip
     body = render_to_string("billing/emails/spend_alert.txt", {"alert": alert, "tenant": tenant})
     if not owners_email(tenant=tenant, subject=subject, body=body):
         SpendAlert.objects.filter(pk=alert_id).update(emailed_at=None)

@@ -119,6 +119,10 @@ def _sums(tenant_id: int) -> dict[str, Decimal]:
     return sums
 
 
+def latest_grant(tenant: Tenant) -> CreditEntry | None:
+    return CreditEntry.objects.filter(tenant=tenant, kind=Kind.GRANT).order_by("-pk").first()
+
+
 def credits_balance(tenant: Tenant) -> Balance:
     """The tenant's credits as the ledger has them (drawn: the usage stored so far)."""
     sums = _sums(tenant.pk)

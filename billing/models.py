@@ -284,6 +284,7 @@ class SpendAlert(models.Model):
     class Scope(models.TextChoices):
         TENANT_BUDGET = "tenant_budget", "Tenant monthly budget"
         KEY_BUDGET = "key_budget", "API key monthly budget"
+        CREDIT_BALANCE = "credit_balance", "Prepaid credit balance"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="spend_alerts")
     scope = models.CharField(max_length=16, choices=Scope.choices)

@@ -301,6 +301,18 @@ except ValueError:
     raise ImproperlyConfigured(
         "SPEND_ALERT_THRESHOLDS must be whole percentages: 50,80,100"
     ) from None
+# A prepaid tenant is alerted (email and credits.balance_low) when its credit balance falls to
+# each of these amounts of BILLING_CURRENCY, once until its next grant.
+try:
+    CREDIT_BALANCE_ALERTS = sorted(
+        {int(v) for v in env_list("CREDIT_BALANCE_ALERTS", ["10", "1"])}, reverse=True
+    )
+except ValueError:
+    raise ImproperlyConfigured(
+        "CREDIT_BALANCE_ALERTS must be whole amounts of the currency: 10,1"
+    ) from None
+if any(not 1 <= amount <= 32767 for amount in CREDIT_BALANCE_ALERTS):
+    raise ImproperlyConfigured("CREDIT_BALANCE_ALERTS must be amounts from 1 to 32767")
 # Webhooks to the tenants' own endpoints. Plain http and private or loopback receivers only
 # for development and tests: the URL is the tenant's input, and the platform connects to it.
 WEBHOOK_ALLOW_HTTP = env_bool("WEBHOOK_ALLOW_HTTP", default=False)

@@ -71,7 +71,7 @@ class Migration(migrations.Migration):
             name='SpendAlert',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('scope', models.CharField(choices=[('tenant_budget', 'Tenant monthly budget'), ('key_budget', 'API key monthly budget')], max_length=16)),
+                ('scope', models.CharField(choices=[('tenant_budget', 'Tenant monthly budget'), ('key_budget', 'API key monthly budget'), ('credit_balance', 'Prepaid credit balance')], max_length=16)),
                 ('scope_ref', models.CharField(blank=True, max_length=32)),
                 ('period', models.DateField(help_text='The first day of the month the threshold is for.')),
                 ('threshold', models.PositiveSmallIntegerField(help_text='Percent of the budget.')),
@@ -91,7 +91,7 @@ class Migration(migrations.Migration):
             name='SpendAlertRule',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('scope', models.CharField(choices=[('tenant_budget', 'Tenant monthly budget'), ('key_budget', 'API key monthly budget')], max_length=16)),
+                ('scope', models.CharField(choices=[('tenant_budget', 'Tenant monthly budget'), ('key_budget', 'API key monthly budget'), ('credit_balance', 'Prepaid credit balance')], max_length=16)),
                 ('scope_ref', models.CharField(blank=True, max_length=32)),
                 ('thresholds', models.JSONField(help_text='Percentages of the budget, e.g. [50, 80, 100].')),
                 ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alert_rules', to='tenants.tenant')),

@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 
 from billing import tasks
 from billing.alerts import alert_thresholds_set, alerts_check
+from billing.credits import credits_grant
 from billing.ledger import LedgerRecorder
 from billing.models import SpendAlert, WebhookDelivery
 from billing.pricing import price_set
@@ -131,7 +132,7 @@ def test_a_ledger_worker_killed_around_its_alerts_sends_each_once(
     assert len(list(tmp_path.iterdir())) == 3  # one email file each
 
 
-def test_a_tenant_past_its_budget_costs_a_batch_five_queries(
+def test_a_tenant_past_its_budget_costs_a_batch_six_queries(
     db, budgeted, globex, django_assert_max_num_queries
 ):
     store(_spend(budgeted, 11))
@@ -141,8 +142,8 @@ def test_a_tenant_past_its_budget_costs_a_batch_five_queries(
     ]
 
     # The tenants, the month's spend, the keys with budgets (none here), their own thresholds,
-    # the alerts fired already.
-    with django_assert_max_num_queries(5):
+    # the alerts fired already, the prepaid tenants (none).
+    with django_assert_max_num_queries(6):
         made = alerts_check(pairs)
 
     assert made == []
@@ -203,3 +204,27 @@ def test_a_keys_own_budget_alerts_as_the_key(
     assert not SpendAlert.objects.filter(scope=SpendAlert.Scope.TENANT_BUDGET).exists()
     assert f"has used 100% of key {prefix} " in sorted(m.subject for m in mail.outbox)[0]
     assert {e["data"]["key_prefix"] for e in receiver.accepted.values()} == {prefix}
+
+
+def test_a_prepaid_balance_alerts_once_per_crossing_and_again_after_a_top_up(
+    db, budgeted, receiver, django_capture_on_commit_callbacks
+):
+    services.tenant_update(tenant=budgeted, monthly_budget=None, prepaid=True)
+    credits_grant(tenant=budgeted, amount=Decimal(12), reason="first")
+    with django_capture_on_commit_callbacks(execute=True):
+        store(_spend(budgeted, 3))  # 9 left: at or below 10
+        store(_spend(budgeted, 1))  # 8: still only 10
+        store(_spend(budgeted, 8))  # 0: at or below 1 too
+    credits_grant(tenant=budgeted, amount=Decimal(20), reason="top-up")
+    with django_capture_on_commit_callbacks(execute=True):
+        store(_spend(budgeted, 11))  # 9 left of the top-up: 10 again
+
+    low = SpendAlert.objects.filter(tenant=budgeted, scope=SpendAlert.Scope.CREDIT_BALANCE)
+    assert sorted(low.values_list("threshold", flat=True)) == [1, 10, 10]
+    events = [e for e in receiver.accepted.values() if e["type"] == "credits.balance_low"]
+    assert sorted((e["data"]["threshold"], e["data"]["balance"]) for e in events) == [
+        ("1", "0.00"), ("10", "9.00"), ("10", "9.00")]  # fmt: skip
+    subjects = [m.subject for m in mail.outbox if "prepaid credits" in m.subject]
+    assert len(subjects) == 3
+    assert "Acme Corp's prepaid credits are down to 9.00 USD" in subjects
+    assert not SpendAlert.objects.filter(scope=SpendAlert.Scope.TENANT_BUDGET).exists()
