@@ -1,6 +1,7 @@
 """deploy/grafana/platform.json: every metric a panel queries is one that a running server's
 /metrics really exports (read after some traffic), and the dashboard covers what the product
 exports: requests, latency, refusals, admission backend errors, engine errors, cold-start waits,
+the fair queue's depth and waits,
 node memory against budget, loads and evictions, and the ledger's lag."""
 
 import json
@@ -24,6 +25,8 @@ COVERED = {
     "gateway_admission_backend_errors_total",
     "gateway_upstream_errors_total",
     "gateway_cold_start_wait_seconds_bucket",
+    "gateway_queue_depth",
+    "gateway_queue_wait_seconds_bucket",
     "models_node_used_bytes",
     "models_node_budget_bytes",
     "models_loads_total",
