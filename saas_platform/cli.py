@@ -2,6 +2,7 @@
 exit, never a usage dump or a traceback."""
 
 import sys
+from decimal import Decimal, InvalidOperation
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -9,6 +10,17 @@ from django.db import OperationalError, ProgrammingError
 
 from saas_platform import actors
 from saas_platform.errors import PlatformError
+
+
+def decimal_amount(value: str) -> Decimal:
+    """An argparse type for amounts: exact decimals, never floats."""
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        raise ValueError(value) from None
+
+
+decimal_amount.__name__ = "decimal amount"  # argparse names the type in its error
 
 
 def validation_message(error: ValidationError) -> str:

@@ -1,22 +1,12 @@
 import getpass
 from datetime import date
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from django.conf import settings
 
 from billing import credits, money
-from saas_platform.cli import ScriptableCommand, first_or_fail, format_table
+from saas_platform.cli import ScriptableCommand, decimal_amount, first_or_fail, format_table
 from tenants.models import Tenant
-
-
-def _amount(value: str) -> Decimal:
-    try:
-        return Decimal(value)
-    except InvalidOperation:
-        raise ValueError(value) from None
-
-
-_amount.__name__ = "decimal amount"
 
 
 def _day(value: str) -> date:
@@ -48,7 +38,7 @@ class Command(ScriptableCommand):
         actions = self.add_actions(parser)
         grant = actions.add_parser("grant", help="grant credits (in BILLING_CURRENCY)")
         grant.add_argument("slug")
-        grant.add_argument("--amount", type=_amount, required=True, metavar="X")
+        grant.add_argument("--amount", type=decimal_amount, required=True, metavar="X")
         grant.add_argument("--reason", required=True, metavar="TEXT")
         grant.add_argument(
             "--expires",

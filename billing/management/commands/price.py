@@ -1,23 +1,12 @@
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import CommandError
 from django.utils.dateparse import parse_datetime
 
 from billing.models import Price
 from billing.pricing import price_set
-from saas_platform.cli import ScriptableCommand, format_table
+from saas_platform.cli import ScriptableCommand, decimal_amount, format_table
 from tenants.models import Tenant
-
-
-def _amount(value: str) -> Decimal:
-    try:
-        return Decimal(value)
-    except InvalidOperation:
-        raise ValueError(value) from None
-
-
-_amount.__name__ = "decimal amount"
 
 
 def _moment(value: str) -> datetime:
@@ -37,10 +26,12 @@ class Command(ScriptableCommand):
         actions = self.add_actions(parser)
         setting = actions.add_parser("set", help="add a price, from now or from --from on")
         setting.add_argument("model", metavar="MODEL")
-        setting.add_argument("--input-per-million", type=_amount, required=True, metavar="X")
-        setting.add_argument("--output-per-million", type=_amount, required=True, metavar="Y")
+        setting.add_argument("--input-per-million", type=decimal_amount, required=True, metavar="X")
         setting.add_argument(
-            "--cached-input-per-million", type=_amount, metavar="Z",
+            "--output-per-million", type=decimal_amount, required=True, metavar="Y"
+        )
+        setting.add_argument(
+            "--cached-input-per-million", type=decimal_amount, metavar="Z",
             help="input tokens served from the engine's prompt cache (default: the input price)",
         )  # fmt: skip
         setting.add_argument("--currency", help="ISO code (default: BILLING_CURRENCY)")

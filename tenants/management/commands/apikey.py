@@ -5,10 +5,10 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from saas_platform.cli import ScriptableCommand, first_or_fail, format_table
+from saas_platform.cli import ScriptableCommand, decimal_amount, first_or_fail, format_table
 from tenants import services
 from tenants.apikeys import normalize_prefix
-from tenants.management.commands.tenant import _decimal, get_tenant
+from tenants.management.commands.tenant import get_tenant
 from tenants.models import ApiKey
 from tenants.quotas import KeyLimits
 
@@ -43,7 +43,7 @@ def _limit_options(parser, *, update: bool = False) -> None:
     )
     parser.add_argument(
         "--budget",
-        type=_decimal,
+        type=decimal_amount,
         dest="monthly_budget",
         metavar="AMOUNT",
         help="the key's monthly budget (default: the tenant's only)",

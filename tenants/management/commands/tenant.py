@@ -1,22 +1,11 @@
 import argparse
-from decimal import Decimal, InvalidOperation
 
 from django.core.management.base import CommandError
 
-from saas_platform.cli import ScriptableCommand, first_or_fail, format_table
+from saas_platform.cli import ScriptableCommand, decimal_amount, first_or_fail, format_table
 from tenants import services
 from tenants.models import Tenant
 from tenants.quotas import DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_MAX_TOKENS_PER_MINUTE
-
-
-def _decimal(value: str) -> Decimal:
-    try:
-        return Decimal(value)
-    except InvalidOperation:
-        raise ValueError(value) from None
-
-
-_decimal.__name__ = "decimal amount"  # argparse names the type in its error
 
 
 def get_tenant(slug: str) -> Tenant:
@@ -77,7 +66,7 @@ class Command(ScriptableCommand):
             )
             sub.add_argument(
                 "--budget",
-                type=_decimal,
+                type=decimal_amount,
                 dest="monthly_budget",
                 metavar="AMOUNT",
                 help="monthly budget in the operator's currency (default: none; "
