@@ -230,12 +230,10 @@ def _wait_for(condition, timeout: float = 15) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("limit", ["budget", "prepaid"])
-def test_the_embedded_default_holds_the_budget_and_the_credits_too(
-    tmp_path, fake_upstream_url, limit
-):
+def test_the_embedded_default_holds_the_budget_and_the_credits_too(tmp_path, fake_upstream_url):
     """SQLite and no Redis, one server process, set up as a new user does, with the CLI (so
-    the credits are granted by another process than the gateway's)."""
+    the credits are granted by another process than the gateway's): a budgeted tenant and a
+    prepaid one, each bursting in turn."""
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
     env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", CATALOG_CACHE_SECONDS="0",
                USAGE_NDJSON_PATH=str(tmp_path / "usage.ndjson"))  # fmt: skip
@@ -247,23 +245,24 @@ def test_the_embedded_default_holds_the_budget_and_the_credits_too(
         return done.stdout
 
     manage("migrate", "--verbosity", "0")
-    if limit == "budget":
-        manage("tenant", "create", "solo", "--budget", "0.25", "--max-concurrent", "50")
-    else:
-        manage("tenant", "create", "solo", "--prepaid", "--max-concurrent", "50")
-        manage("credits", "grant", "solo", "--amount", "0.25", "--reason", "trial")
+    manage("tenant", "create", "budgeted", "--budget", "0.25", "--max-concurrent", "50")
+    manage("tenant", "create", "prepaid", "--prepaid", "--max-concurrent", "50")
+    manage("credits", "grant", "prepaid", "--amount", "0.25", "--reason", "trial")
     manage("models", "register", "metered", "--engine", "openai", "--base-url",
            fake_upstream_url, "--upstream-model", "fake?chunks=5&delay=0.05")  # fmt: skip
     manage("price", "set", "metered", "--input-per-million", "1500", "--output-per-million", "6000",
            "--from", YESTERDAY.isoformat())  # fmt: skip
-    key = manage("apikey", "create", "solo").strip().splitlines()[-1]
+    keys = [manage("apikey", "create", slug).strip().splitlines()[-1]
+            for slug in ("budgeted", "prepaid")]  # fmt: skip
     port = free_port()
+    served = []
     with running(gateway_command(port, workers=1), env=env,
                  ready_url=f"http://127.0.0.1:{port}/healthz"):  # fmt: skip
-        first = asyncio.run(_burst(f"http://127.0.0.1:{port}/v1", key, "metered", 12))
-        last = asyncio.run(_burst(f"http://127.0.0.1:{port}/v1", key, "metered", 2))
+        for key in keys:
+            first = asyncio.run(_burst(f"http://127.0.0.1:{port}/v1", key, "metered", 12))
+            last = asyncio.run(_burst(f"http://127.0.0.1:{port}/v1", key, "metered", 2))
+            served.append([sum(not isinstance(r, Exception) for r in b) for b in (first, last)])
 
-    assert sum(not isinstance(r, Exception) for r in first) == 4
-    assert sum(not isinstance(r, Exception) for r in last) == 1
+    assert served == [[4, 1], [4, 1]]
     lines = (tmp_path / "usage.ndjson").read_text().splitlines()
-    assert len(lines) == 5
+    assert len(lines) == 10
