@@ -1,8 +1,13 @@
 """/api/keys in the management API's OpenAPI schema (drf-spectacular): each operation's body,
 answers and refusals, described from outside the views as billing/api_schema.py does."""
 
-from drf_spectacular.extensions import OpenApiViewExtension
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiViewExtension
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_serializer,
+    extend_schema_view,
+)
 from rest_framework import serializers
 
 from billing.api_schema import _error
@@ -23,6 +28,36 @@ REFUSALS = {
 }
 BAD_BODY = {400: _error("A field is missing or invalid; `param` names it.")}
 UNKNOWN = {404: _error("No key with this prefix in the tenant (`unknown_api_key`).")}
+
+# Each view's nested InputSerializer would be the component "Input": name them apart.
+for view, component in ((api.KeyListApi, "KeyCreate"), (api.KeyDetailApi, "KeyUpdate"),
+                        (api.KeyRotateApi, "KeyRotate")):  # fmt: skip
+    extend_schema_serializer(component_name=component)(view.InputSerializer)
+
+
+class ManageKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "portal.api.ManageKeyAuthentication"
+    name = "manageKey"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A key of scope manage (`apikey create SLUG --scope manage`).",
+        }
+
+
+class PortalSessionScheme(OpenApiAuthenticationExtension):
+    target_class = "portal.api.PortalSessionAuthentication"
+    name = "portalSession"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": "sessionid",
+            "description": "A portal owner's session, with its CSRF token in X-CSRFToken.",
+        }
 
 
 class KeyListSchema(OpenApiViewExtension):

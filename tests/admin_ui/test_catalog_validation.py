@@ -11,6 +11,7 @@ def _model_form(**overrides) -> dict[str, str]:
     data = {"model_id": "llama", "engine": "openai", "task": "chat",
             "base_url": "http://gpu-1:8000/v1", "upstream_model": "", "vram_bytes": "0",
             "engine_settings": "{}", "extra_fields": "[]", "keep_alive_seconds": "900",
+            "max_replicas": "1",
             "enabled": "on"}  # fmt: skip
     data.update(overrides)
     return data

@@ -24,6 +24,9 @@ URLS_WITHOUT_OBJECTS = {
     "audit/",
     # Addressed by the emailed token, for whoever holds it (tests/security/test_invitations.py).
     "invitations/<str:token>/",
+    # The tenant's one webhook endpoint, its secret, test event and alert thresholds: scoped by
+    # the session's tenant (tests/portal/test_webhooks_pages.py).
+    "webhooks/", "webhooks/roll/", "webhooks/test/", "webhooks/remove/", "webhooks/alerts/",
     # Single sign-on: the session's own state decides (tests/portal/test_sso_browser.py).
     "sso/login/", "sso/callback/",
 }  # fmt: skip

@@ -54,7 +54,7 @@ def test_the_admin_refuses_a_formula_as_a_model_id(transactional_db, tmp_path):
     add = "/admin/models_mgmt/servedmodel/add/"
     form = {"model_id": FORMULA, "engine": "local", "task": "chat", "base_url": "",
             "upstream_model": "smollm2", "vram_bytes": "0", "engine_settings": "{}",
-            "keep_alive_seconds": "900", "enabled": "on"}  # fmt: skip
+            "keep_alive_seconds": "900", "max_replicas": "1", "enabled": "on"}  # fmt: skip
     with own_gateway(tmp_path) as gateway, httpx.Client(base_url=gateway.url) as client:
         post_form(client, "/admin/login/", {"username": "op", "password": "operator-pass-1"})
         refused = post_form(client, add, form)

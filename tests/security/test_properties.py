@@ -21,7 +21,7 @@ from billing.money import (
     to_picos,
     usage_amount,
 )
-from gateway.admission import Limits, LocalAdmission, RedisAdmission
+from gateway.admission import Limits, LocalAdmission, RedisAdmission, Subject
 from gateway.parsing import Endpoint, InvalidRequest, RequestTooLarge, parse
 
 FAST = settings(max_examples=150, deadline=None, database=None)
@@ -125,17 +125,17 @@ _tenant_ids = itertools.count(2_000_000)
 
 
 async def _run(backend, tenant_id, limits, plan):
-    """Admit every step (in order), release them all; return what the backend reported."""
+    """Admit every step (in order), settle them all; return what the backend reported."""
     admitted, used_after_admits = [], []
     for index, step in enumerate(plan):
-        decision = await backend.admit(tenant_id, f"l{index}", limits, step.tokens)
+        decision = await backend.admit(Subject(tenant_id), f"l{index}", limits, step.tokens)
         if decision.admitted:
             admitted.append((index, step))
         used_after_admits.append(decision.tokens_used)
         assert decision.in_flight <= limits.max_concurrent
     for index, step in admitted:
-        await backend.release(tenant_id, f"l{index}", step.tokens, step.actual)
-    final = await backend.admit(tenant_id, "probe", limits, 1)
+        await backend.settle(Subject(tenant_id), f"l{index}", step.tokens, step.actual)
+    final = await backend.admit(Subject(tenant_id), "probe", limits, 1)
     return admitted, used_after_admits, final
 
 

@@ -59,7 +59,7 @@ def test_apikey_priority_on_create_and_update(manage, acme):
     assert "invalid choice: 'urgent'" in one_line_error(
         manage("apikey", "update", normal.display_prefix, "--priority", "urgent")
     )
-    assert "nothing to change" in one_line_error(manage("apikey", "update", normal.prefix))
+    assert "nothing to update" in one_line_error(manage("apikey", "update", normal.prefix))
     normal.refresh_from_db()
     assert normal.priority == "low"
 
