@@ -48,7 +48,7 @@ SERVERS_CPU, LOAD_CPU = "0", "1"
 # A point during which other processes (not the bench's, not Redis or PostgreSQL) used more
 # than this many cores is marked: the machine was not quiet.
 DISTURBED_CORES = 0.15
-TARGETS = {  # what the issue asks of the gateway; each is shown met or missed
+TARGETS = {  # the figures the gateway is held to; each is shown met or missed
     "cpu_ms": 1.5,  # server CPU per request at concurrency 64, at most
     "vs_anchor": 0.8,  # requests/s at 64 against the anchor's, at least
     "vs_litellm": 8.0,  # requests/s at 64 against LiteLLM's, at least
